@@ -1,0 +1,128 @@
+"""DARTS candidate operations, as MetaNAS uses them for few-shot learning.
+
+Every module's forward takes `(x, stats_from)`: BatchNorm never keeps running statistics
+(they would not survive functional, per-task parameters) and normalises with the
+statistics of the whole batch, or of its first `stats_from` samples only (so queries can
+be normalised with the support set's statistics). BN inside ops has no affine parameters.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def batch_norm(x, weight=None, bias=None, stats_from: int | None = None, eps: float = 1e-5):
+    if stats_from is None:
+        return F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
+    ref = x[:stats_from]
+    mean = ref.mean(dim=(0, 2, 3), keepdim=True)
+    var = ref.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    return y
+
+
+class BN(nn.Module):
+    def __init__(self, channels: int, affine: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+
+    def forward(self, x, stats_from=None):
+        return batch_norm(x, self.weight, self.bias, stats_from)
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> one or more convolutions -> BN (the DARTS StdConv / FacConv / DilConv shape)."""
+
+    def __init__(self, convs: list[nn.Conv2d], channels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.bn = BN(channels, affine=False)
+
+    def forward(self, x, stats_from=None):
+        x = F.relu(x)
+        for conv in self.convs:
+            x = conv(x)
+        return self.bn(x, stats_from)
+
+
+class SepConv(nn.Module):
+    """Two stacked depthwise-separable convolutions (DARTS sep_conv)."""
+
+    def __init__(self, C: int, k: int, stride: int):
+        super().__init__()
+        p = k // 2
+        self.first = ReLUConvBN([_dw(C, k, stride, p, 1), _pw(C)], C)
+        self.second = ReLUConvBN([_dw(C, k, 1, p, 1), _pw(C)], C)
+
+    def forward(self, x, stats_from=None):
+        return self.second(self.first(x, stats_from), stats_from)
+
+
+class Pool(nn.Module):
+    def __init__(self, C: int, kind: str, stride: int):
+        super().__init__()
+        self.kind, self.stride = kind, stride
+        self.bn = BN(C, affine=False)
+
+    def forward(self, x, stats_from=None):
+        if self.kind == "max":
+            x = F.max_pool2d(x, 3, self.stride, 1)
+        else:
+            x = F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False)
+        return self.bn(x, stats_from)
+
+
+class Identity(nn.Module):
+    def forward(self, x, stats_from=None):
+        return x
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution with two offset 1x1 stride-2 convolutions (works for odd sizes)."""
+
+    def __init__(self, C_in: int, C_out: int):
+        super().__init__()
+        self.conv_a = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_b = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
+        self.bn = BN(C_out, affine=False)
+
+    def forward(self, x, stats_from=None):
+        x = F.relu(x)
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.bn(torch.cat([self.conv_a(x), self.conv_b(shifted)], dim=1), stats_from)
+
+
+def _dw(C, k, stride, pad, dilation):
+    return nn.Conv2d(C, C, k, stride, pad, dilation=dilation, groups=C, bias=False)
+
+
+def _pw(C):
+    return nn.Conv2d(C, C, 1, bias=False)
+
+
+def _fac(C, k, stride):
+    p = k // 2
+    return ReLUConvBN(
+        [nn.Conv2d(C, C, (1, k), (1, stride), (0, p), bias=False), nn.Conv2d(C, C, (k, 1), (stride, 1), (p, 0), bias=False)],
+        C,
+    )
+
+
+# name -> constructor(C, stride); a plain registry, as in DARTS.
+OPS = {
+    "max_pool_3x3": lambda C, s: Pool(C, "max", s),
+    "avg_pool_3x3": lambda C, s: Pool(C, "avg", s),
+    "skip_connect": lambda C, s: Identity() if s == 1 else FactorizedReduce(C, C),
+    "conv_1x5_5x1": lambda C, s: _fac(C, 5, s),
+    "conv_7x1_1x7": lambda C, s: _fac(C, 7, s),
+    # MetaNAS's conv_3x3 is a depthwise-separable 3x3 (its DilConv with dilation 1).
+    "conv_3x3": lambda C, s: ReLUConvBN([_dw(C, 3, s, 1, 1), _pw(C)], C),
+    "sep_conv_3x3": lambda C, s: SepConv(C, 3, s),
+    "sep_conv_5x5": lambda C, s: SepConv(C, 5, s),
+    "dil_conv_3x3": lambda C, s: ReLUConvBN([_dw(C, 3, s, 2, 2), _pw(C)], C),
+    "dil_conv_5x5": lambda C, s: ReLUConvBN([_dw(C, 5, s, 4, 2), _pw(C)], C),
+}

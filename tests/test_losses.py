@@ -1,0 +1,347 @@
+"""Learned task losses and how φ learns (model/losses). CPU, seconds each."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import grad, vmap
+
+from model.config import Config
+from model.losses import (CrossEntropy, FNNLoss, LSTMLoss, PhiLearner, grad_cosine, inner_product_objective,
+                          inner_product_phi_grad, loss_ce_pearson, make_task_loss, meta_gradient_phi_grad,
+                          mse_objective, mse_phi_grad, pearson, per_sample_ce)
+from model.losses.lstm import lstm_cell
+
+torch.set_num_threads(1)
+N_WAY = 4
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def batch(n=N_WAY, per_class=3, seed=0, scale=2.0, dtype=torch.float32):
+    g = gen(seed)
+    y = torch.arange(n).repeat(per_class)
+    return (scale * torch.randn(len(y), n, generator=g)).to(dtype), y
+
+
+def losses(dtype=torch.float32, n=N_WAY):
+    """Small instances of every learned variant."""
+    return [FNNLoss(n, 8, residual=True), FNNLoss(n, 8, residual=False),
+            LSTMLoss(n, 6, layers=2, residual=True), LSTMLoss(n, 6, layers=2, residual=False, state="across_steps")]
+
+
+def as64(phi):
+    return {k: v.double() for k, v in phi.items()}
+
+
+# ---- a tiny real network: conv -> softmax(alpha)-mixed ops -> pool -> linear ------------------
+
+def tiny_params(n=N_WAY, dtype=torch.float64, seed=1):
+    g = gen(seed)
+    return {"conv.weight": 0.5 * torch.randn(3, 1, 3, 3, generator=g, dtype=dtype),
+            "conv.bias": 0.1 * torch.randn(3, generator=g, dtype=dtype),
+            "alpha_mix": 0.3 * torch.randn(2, generator=g, dtype=dtype),
+            "fc.weight": 0.5 * torch.randn(n, 3, generator=g, dtype=dtype),
+            "fc.bias": torch.zeros(n, dtype=dtype)}
+
+
+def tiny_net(p, x):
+    h = F.conv2d(x, p["conv.weight"], p["conv.bias"], padding=1)
+    w = torch.softmax(p["alpha_mix"], 0)
+    h = w[0] * torch.relu(h) + w[1] * torch.tanh(h)
+    return h.mean((2, 3)) @ p["fc.weight"].T + p["fc.bias"]
+
+
+def images(n=N_WAY, per_class=2, seed=0, dtype=torch.float64):
+    g = gen(seed)
+    y = torch.arange(n).repeat(per_class)
+    return torch.randn(len(y), 1, 5, 5, generator=g, dtype=dtype) + 0.3 * y.view(-1, 1, 1, 1), y
+
+
+# ---- the seam ------------------------------------------------------------------------------
+
+def test_make_task_loss_follows_config():
+    assert isinstance(make_task_loss(Config(), 5), CrossEntropy)
+    fnn = make_task_loss(Config(loss="fnn", loss_hidden=16, loss_residual=False), 5)
+    assert isinstance(fnn, FNNLoss) and fnn.hidden == 16 and not fnn.residual
+    lstm = make_task_loss(Config(loss="lstm", lstm_layers=3, lstm_state="across_steps"), 7)
+    assert isinstance(lstm, LSTMLoss) and lstm.layers == 3 and lstm.n_way == 7 and lstm.state_mode == "across_steps"
+
+
+def test_cross_entropy_is_the_trivial_case():
+    z, y = batch()
+    ce = CrossEntropy(N_WAY)
+    assert ce.init_phi(gen()) == {} and ce.init_state({}) is None and ce.num_params() == 0
+    value, state = ce({}, z, y)
+    assert state is None and torch.allclose(value, F.cross_entropy(z, y))
+    assert torch.allclose(ce.per_sample({}, z, y), F.cross_entropy(z, y, reduction="none"))
+
+
+def test_parameter_counts():
+    n, H, L = 20, 64, 5
+    assert FNNLoss(n, H).num_params() == 2 * n * H + H + H + 1
+    assert LSTMLoss(n, H, L).num_params() == (2 * n * H + H) + L * (8 * H * H + 4 * H + 2 * n * H) + H + 1
+    phi = LSTMLoss(n, H, L).init_phi(gen())
+    assert sum(v.numel() for v in phi.values()) == LSTMLoss(n, H, L).num_params()
+
+
+@pytest.mark.parametrize("loss", losses(), ids=repr)
+def test_loss_is_batch_mean_of_per_sample_and_vmaps(loss):
+    phi = loss.init_phi(gen())
+    z, y = batch()
+    value, _ = loss(phi, z, y, loss.init_state(phi))
+    assert value.shape == () and torch.isfinite(value)
+    assert torch.allclose(value, loss.per_sample(phi, z, y).mean())
+    zs = torch.stack([batch(seed=s)[0] for s in range(3)])
+    looped = torch.stack([loss(phi, zi, y, loss.init_state(phi))[0] for zi in zs])
+    vmapped = vmap(lambda zi: loss(phi, zi, y, loss.init_state(phi))[0])(zs)
+    assert torch.allclose(looped, vmapped, atol=1e-6)
+
+
+def test_orthogonal_init_and_seeded():
+    loss = LSTMLoss(N_WAY, 6, layers=2)
+    a, b = loss.init_phi(gen(3)), loss.init_phi(gen(3))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    w = a["embed.weight"]                       # (H, 2n) with H < 2n: orthonormal rows
+    assert torch.allclose(w @ w.T, torch.eye(6), atol=1e-5)
+    gate = a["lstm.w_hh"][0][:6]                # each gate block is orthogonal
+    assert torch.allclose(gate @ gate.T, torch.eye(6), atol=1e-5)
+
+
+def test_n_way_mismatch_is_refused():
+    loss = FNNLoss(5, 8)
+    phi = loss.init_phi(gen())
+    with pytest.raises(ValueError, match="tied to 5-way"):
+        loss(phi, torch.randn(6, 3), torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="tied to n-way"):
+        FNNLoss(3, 8).check_phi(phi)
+    with pytest.raises(ValueError, match="tied to n-way"):
+        LSTMLoss(20, 8, 2).check_phi(LSTMLoss(5, 8, 2).init_phi(gen()))
+
+
+def test_lstm_cell_matches_torch():
+    g = gen(4)
+    cell = torch.nn.LSTMCell(6, 6)
+    x, h, c = (torch.randn(3, 6, generator=g) for _ in range(3))
+    ours = lstm_cell(x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih + cell.bias_hh)
+    theirs = cell(x, (h, c))
+    assert torch.allclose(ours[0], theirs[0], atol=1e-6) and torch.allclose(ours[1], theirs[1], atol=1e-6)
+
+
+def test_lstm_state_across_steps_carries_class_memory():
+    loss = LSTMLoss(N_WAY, 6, layers=2, state="across_steps")
+    phi = loss.init_phi(gen())
+    state0 = loss.init_state(phi)
+    z = torch.randn(4, N_WAY, generator=gen(1))
+    y = torch.tensor([0, 0, 1, 1])                 # classes 2 and 3 absent
+    v1, state1 = loss(phi, z, y, state0)
+    assert torch.equal(state1[0][:, 2:], state0[0][:, 2:]) and torch.equal(state1[1][:, 2:], state0[1][:, 2:])
+    assert not torch.allclose(state1[0][:, :2], state0[0][:, :2])
+    v2, _ = loss(phi, z, y, state1)                # same batch, new memory: a different loss
+    assert not torch.allclose(v1, v2)
+    assert LSTMLoss(N_WAY, 6, layers=2).init_state(phi) is None
+
+
+# ---- the φ objectives --------------------------------------------------------------------------
+
+def _directional_fd(f, phi, direction, eps=1e-6):  # truncation error ~eps², rounding ~1e-16/eps
+    plus = {k: phi[k] + eps * direction[k] for k in phi}
+    minus = {k: phi[k] - eps * direction[k] for k in phi}
+    return (f(plus) - f(minus)) / (2 * eps)
+
+
+@pytest.mark.parametrize("normalize", ["cosine", "none"])
+@pytest.mark.parametrize("loss", losses()[::2] + losses()[3:], ids=repr)
+def test_inner_product_phi_grad_matches_finite_differences(loss, normalize):
+    phi = as64(loss.init_phi(gen(2)))
+    params = tiny_params()
+    support, query = images(seed=0), images(seed=1)
+    kw = dict(lam=1.0, xi=0.7, normalize=normalize, state=loss.init_state(phi))
+
+    def objective(p):
+        return inner_product_objective(loss, p, tiny_net, params, support, query, **kw)
+
+    fast, value = inner_product_phi_grad(loss, phi, tiny_net, params, support, query, **kw)
+    assert torch.allclose(value, objective(phi), rtol=1e-10, atol=1e-12)
+    reference = grad(objective)(phi)                 # double backward through the network
+    for k in phi:
+        assert torch.allclose(fast[k], reference[k], rtol=1e-7, atol=1e-10), k
+    assert sum(float(v.abs().sum()) for v in fast.values()) > 0   # φ really receives a gradient
+    for seed in range(3):
+        g = gen(100 + seed)
+        direction = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in phi.items()}
+        fd = _directional_fd(objective, phi, direction)
+        analytic = sum((fast[k] * direction[k]).sum() for k in phi)
+        assert torch.allclose(analytic, fd, rtol=1e-4, atol=1e-9), (float(analytic), float(fd))  # ELU' has a kink at 0
+
+
+def test_mse_phi_grad_matches_finite_differences():
+    loss = LSTMLoss(N_WAY, 6, layers=2, residual=True)
+    phi = as64(loss.init_phi(gen(2)))
+    z, y = batch(dtype=torch.float64)
+    g, value = mse_phi_grad(loss, phi, z, y)
+    f = lambda p: mse_objective(loss, p, z, y)  # noqa: E731
+    assert torch.allclose(value, f(phi))
+    direction = {k: torch.randn(v.shape, generator=gen(7), dtype=torch.float64) for k, v in phi.items()}
+    assert torch.allclose(sum((g[k] * direction[k]).sum() for k in phi), _directional_fd(f, phi, direction), rtol=1e-6)
+
+
+def test_inner_product_vmaps_over_tasks():
+    loss = FNNLoss(N_WAY, 8)
+    phi = as64(loss.init_phi(gen()))
+    params = tiny_params()
+    tasks = [(images(seed=2 * t), images(seed=2 * t + 1)) for t in range(3)]
+    looped = [inner_product_phi_grad(loss, phi, tiny_net, params, s, q, lam=1.0, xi=1.0, normalize="cosine")[0]
+              for s, q in tasks]
+    xs = torch.stack([s[0] for s, _ in tasks]); ys = torch.stack([s[1] for s, _ in tasks])
+    xq = torch.stack([q[0] for _, q in tasks]); yq = torch.stack([q[1] for _, q in tasks])
+    batched, _ = vmap(lambda a, b, c, d: inner_product_phi_grad(loss, phi, tiny_net, params, (a, b), (c, d),
+                                                                lam=1.0, xi=1.0, normalize="cosine"))(xs, ys, xq, yq)
+    for t in range(3):
+        for k in phi:
+            assert torch.allclose(batched[k][t], looped[t][k], rtol=1e-8, atol=1e-12)
+
+
+# ---- every φ step lowers its own objective on its batch -----------------------------------------
+
+def _cfg(**kw):
+    return Config(**{"loss": "fnn", "task_optimizer": "adam", **kw})
+
+
+def _aux(out):
+    value, state = out
+    return value, (() if state is None else state)
+
+
+def _sgd_adapt(loss, params, support, steps=2, lr=0.3):
+    """A differentiable SGD task learner (θ and α) for the meta-gradient tests."""
+    def adapt(phi):
+        p, state = params, loss.init_state(phi)
+        for _ in range(steps):
+            # torch.func aux outputs must be tensors: carry a stateless loss's None as ()
+            gr, state = grad(lambda q: _aux(loss(phi, tiny_net(q, support[0]), support[1], state)), has_aux=True)(p)
+            state = state or None
+            p = {k: p[k] - lr * gr[k] for k in p}
+        return p
+    return adapt
+
+
+@pytest.mark.parametrize("mode", ["mse", "inner_product", "inner_product_none", "meta_gradient"])
+@pytest.mark.parametrize("net", ["fnn", "lstm"])
+def test_every_phi_step_lowers_its_objective(mode, net):
+    normalize = "none" if mode.endswith("_none") else "cosine"
+    phi_update = mode.replace("_none", "")
+    cfg = _cfg(loss=net, loss_hidden=8, lstm_layers=2, phi_update=phi_update, ip_normalize=normalize,
+               task_optimizer="sgd" if phi_update == "meta_gradient" else "adam")
+    loss = make_task_loss(cfg, N_WAY)
+    learner = PhiLearner(cfg, loss, gen(5))
+    params = tiny_params(dtype=torch.float32)
+    for trial in range(4):
+        phi = {k: v.clone() for k, v in learner.phi.items()}
+        support, query = images(seed=10 * trial, dtype=torch.float32), images(seed=10 * trial + 1, dtype=torch.float32)
+        if phi_update == "meta_gradient":
+            adapt = _sgd_adapt(loss, params, support)
+            objective = lambda p: per_sample_ce(tiny_net(adapt(p), query[0]), query[1]).mean()  # noqa: E731
+            g, before = meta_gradient_phi_grad(adapt, lambda q: per_sample_ce(tiny_net(q, query[0]), query[1]).mean(), phi)
+            learner.meta_update(meta_grads=g)
+            after = objective(learner.phi)
+        else:
+            logits = tiny_net(params, support[0])
+            kw = dict(logits=logits, labels=support[1], logits_fn=tiny_net, params=params, support=support, query=query)
+            g, before = learner.task_objective_grad(phi, **kw)
+            new_phi, _ = learner.task_step(phi, g, learner.init_task_state(phi), 1)
+            after = learner.task_objective_grad(new_phi, **kw)[1]
+            learner.phi = new_phi
+        assert float(after) < float(before), (trial, float(before), float(after))
+
+
+def test_phi_learner_meta_updates_and_checkpoint_round_trip():
+    for mode in ("mse", "inner_product", "meta_gradient"):
+        cfg = _cfg(phi_update=mode, loss_hidden=8, task_optimizer="sgd" if mode == "meta_gradient" else "adam")
+        loss = make_task_loss(cfg, N_WAY)
+        learner = PhiLearner(cfg, loss, gen(1))
+        stacked = {k: v.unsqueeze(0).repeat(3, *[1] * v.dim()) for k, v in learner.phi.items()}
+        for t in range(3):                          # three "tasks" moved φ_i differently
+            for k in stacked:
+                stacked[k][t] += 0.01 * (t + 1) * torch.randn(stacked[k][t].shape, generator=gen(t))
+        if mode == "meta_gradient":
+            row = learner.meta_update(meta_grads=stacked)
+        else:
+            row = learner.meta_update(adapted_phi=stacked)
+        assert row["phi_step_norm"] > 0 and row["phi_norm"] > 0
+        learner.record(1, row)
+        restored = PhiLearner(cfg, loss, gen(99))
+        restored.load_state_dict(learner.state_dict())
+        assert all(torch.equal(restored.phi[k], learner.phi[k]) for k in learner.phi)
+        assert restored.history == learner.history and restored.meta_t == learner.meta_t
+        other = PhiLearner(_cfg(phi_update=mode, loss_hidden=8, n_way=N_WAY + 1,
+                                task_optimizer=cfg.task_optimizer), make_task_loss(cfg, N_WAY + 1))
+        with pytest.raises(ValueError, match="n-way"):
+            other.load_state_dict(learner.state_dict())
+
+
+def test_diagnostics():
+    z, y = batch()
+    ce = CrossEntropy(N_WAY)
+    assert abs(grad_cosine(ce, {}, z, y) - 1) < 1e-6
+    assert abs(loss_ce_pearson(ce, {}, z.unsqueeze(0), y.unsqueeze(0)) - 1) < 1e-6
+    assert abs(pearson(torch.arange(5.0), -torch.arange(5.0)) + 1) < 1e-12
+
+
+# ---- Pearson acceptance: an MSE-trained FNN (no residual) tracks per-sample CE ------------------
+
+def _model_states(seed, n=5, dim=6, count=12):
+    """Logit functions of a small linear classifier at `count` points of its training, from
+    untrained (near-uniform logits) to confident."""
+    g = gen(seed)
+    means = 1.5 * torch.randn(n, dim, generator=g)
+    w = 0.1 * torch.randn(n, dim, generator=g)
+    states = []
+    for step in range(count * 10):
+        x, y = means.repeat(4, 1) + torch.randn(4 * n, dim, generator=g), torch.arange(n).repeat(4)
+        if step % 10 == 0:
+            states.append(w.clone())
+        w = w - 0.2 * grad(lambda w_: F.cross_entropy(x @ w_.T, y))(w)
+    return means, states
+
+
+def _batches(means, states, count, seed, n=5, per_class=2):
+    g = gen(seed)
+    out = []
+    for b in range(count):
+        w = states[b % len(states)]
+        y = torch.arange(n).repeat(per_class)
+        x = means[y] + torch.randn(len(y), means.shape[1], generator=g)
+        out.append((x @ w.T, y))
+    return out
+
+
+def test_mse_trained_fnn_tracks_cross_entropy():
+    """Per-sample L_φ vs per-sample CE on 200 held-out batches from 12 states of a model
+    the loss never saw (another trajectory): Pearson < 0.5 at init, >= 0.9 after training."""
+    from model.task_learner import TaskOptimizer
+    n = 5
+    loss = FNNLoss(n, 64, residual=False)
+    phi = loss.init_phi(gen(0))
+    held_means, held_states = _model_states(seed=2)
+    held_out = _batches(held_means, held_states, 200, seed=3)
+    assert len(held_states) >= 10
+    z_held, y_held = torch.stack([b[0] for b in held_out]), torch.stack([b[1] for b in held_out])
+    before = loss_ce_pearson(loss, phi, z_held, y_held)
+
+    train = []
+    for trajectory in range(4):                               # 4 x 12 training states
+        means, states = _model_states(seed=10 + trajectory)
+        train += _batches(means, states, 600, seed=20 + trajectory, per_class=20)
+    train = [train[i] for i in torch.randperm(len(train), generator=gen(0))]
+    state = None
+    for t, (z, y) in enumerate(train, 1):
+        lr = 1e-2 if t < 0.7 * len(train) else 1e-3
+        opt = TaskOptimizer("adam", lr, lr, 0.9, 0.999)
+        state = state or opt.init(phi)
+        g, _ = mse_phi_grad(loss, phi, z, y)
+        phi, state = opt.step(phi, g, state, t)
+    after = loss_ce_pearson(loss, phi, z_held, y_held)
+    assert before < 0.5 and after >= 0.9, (before, after)
