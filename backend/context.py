@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .celery_app import enqueue_run
 from .limits import Limits
 from .settings import Settings
 from .store import RunStore
@@ -23,6 +24,12 @@ class WorkerContext:
     limits: Limits = field(default_factory=Limits.from_env)
     app: object = None              # the Celery app (for re-enqueueing reaped runs)
     current: tuple[str, str] | None = None  # (run id, lease owner) of the run in progress
+    stopping: bool = False          # warm shutdown asked: hand the run in progress back
+
+    def enqueue(self, record: dict) -> None:
+        """Send a run's training task again (no-op without an app, as in unit tests)."""
+        if self.app is not None:
+            enqueue_run(self.app, record)
 
     def run_dir(self, run_id: str) -> Path:
         return Path(self.settings.artifacts_dir) / run_id

@@ -17,6 +17,7 @@ import redis
 from model.config import build_config
 
 from .context import WorkerContext
+from .reaper import requeue_expired
 from .svg import render_genotype_svg
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,24 @@ def finish(ctx: WorkerContext, run_id: str, owner: str, status: str, **fields) -
         p.srem(store.k.leased, run_id)
     changes = {"status": status, "finished": time.time(), "owner": None, **fields}
     done = store.update(run_id, _owner_guard(owner, changes), also) is not None
-    if not done and store.get(run_id) is None:  # deleted while running: clean up behind it
-        if store.lease_owner(run_id) == owner:
-            with store.r.pipeline() as p:
-                also(p)
-                p.execute()
+    if not done and store.get(run_id) is None and store.lease_owner(run_id) == owner:
+        # deleted while running: remove what this attempt wrote after the delete
+        with store.r.pipeline() as p:
+            also(p)
+            p.delete(store.k.progress(run_id), store.k.landscape(run_id))
+            p.execute()
         shutil.rmtree(ctx.run_dir(run_id), ignore_errors=True)
     return done
+
+
+def hand_back(ctx: WorkerContext, run_id: str, owner: str) -> str:
+    """Warm shutdown: give up the lease and re-enqueue now, instead of after it expires."""
+    if ctx.store.release_lease(run_id, owner):
+        rec = requeue_expired(ctx.store, run_id)
+        if rec is not None:
+            ctx.enqueue(rec)
+            return "handed back"
+    return "lost"
 
 
 def execute(ctx: WorkerContext, run_id: str, dispatch: str, train_fn=None, cancelled=None) -> str:
@@ -121,7 +133,7 @@ def execute(ctx: WorkerContext, run_id: str, dispatch: str, train_fn=None, cance
         run_dir = ctx.run_dir(run_id)
 
         def should_cancel() -> bool:
-            return store.cancel_requested(run_id) or not store.renew_lease(run_id, owner, lease)
+            return ctx.stopping or store.cancel_requested(run_id) or not store.renew_lease(run_id, owner, lease)
         summary = train_fn(cfg, run_dir, resume=rec["attempts"] > 1, data_root=ctx.settings.data_root,
                            on_event=EventSink(ctx, run_id, owner), should_cancel=should_cancel)
         render_genotype_svg(run_dir)
@@ -130,6 +142,8 @@ def execute(ctx: WorkerContext, run_id: str, dispatch: str, train_fn=None, cance
         if cancelled is not None and isinstance(e, cancelled):
             if store.cancel_requested(run_id):
                 return "cancelled" if finish(ctx, run_id, owner, "cancelled") else "lost"
+            if ctx.stopping:
+                return hand_back(ctx, run_id, owner)
             return "lost"  # the lease was reaped: another attempt owns the run now
         log.exception("run %s failed", run_id)
         finish(ctx, run_id, owner, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())

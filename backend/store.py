@@ -21,6 +21,8 @@ import time
 from typing import Callable
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 SCHEMA_VERSION = 1
 
@@ -37,6 +39,10 @@ for _, e in ipairs(extra) do redis.call('XDEL', KEYS[2], e[1]) end
 local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #top == 0 then redis.call('DEL', KEYS[2]) else redis.call('XSETID', KEYS[2], top[1][1]) end
 return #extra
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -88,9 +94,11 @@ class Keys:
     def broker(self): return f"{self.p}:broker:"
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, retries: int = 2) -> redis.Redis:
+    """Workers pass more retries (~1 s apart) to ride out a Redis restart mid-run."""
     return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
-                                health_check_interval=30)
+                                health_check_interval=30, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 class RunStore:
@@ -101,10 +109,11 @@ class RunStore:
         self._xadd = r.register_script(_XADD_FENCED)
         self._trim = r.register_script(_TRIM_FENCED)
         self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
 
     @classmethod
-    def from_settings(cls, s) -> "RunStore":
-        return cls(connect(s.redis_url), s.prefix, s.stream_maxlen, s.landscape_maxlen, s.job_ttl_seconds)
+    def from_settings(cls, s, retries: int = 2) -> "RunStore":
+        return cls(connect(s.redis_url, retries), s.prefix, s.stream_maxlen, s.landscape_maxlen, s.job_ttl_seconds)
 
     # ---- records ---------------------------------------------------------------------
     def create(self, record: dict) -> None:
@@ -200,6 +209,9 @@ class RunStore:
 
     def renew_lease(self, run_id: str, owner: str, seconds: float) -> bool:
         return bool(self._renew([self.k.lease(run_id)], [owner, int(seconds * 1000)]))
+
+    def release_lease(self, run_id: str, owner: str) -> bool:
+        return bool(self._release([self.k.lease(run_id)], [owner]))
 
     def lease_owner(self, run_id: str) -> str | None:
         return self.r.get(self.k.lease(run_id))

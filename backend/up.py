@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lamanas", description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8501, help="Streamlit port (default 8501)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the worker's device")
-    ap.add_argument("--no-worker", action="store_true", help="start no worker (they run elsewhere)")
+    ap.add_argument("--workers", type=int, default=1, help="workers to start here (0: they run elsewhere)")
     args = ap.parse_args(argv)
     settings = Settings.from_env()
     home = Path(os.environ.get("LAMANAS_HOME", ".lamanas"))
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"started redis-server at {redis_proc.url.split('@')[-1]} (data in {redis_proc.dir})", flush=True)
     children = []
     try:
-        if not args.no_worker:
+        for _ in range(args.workers):
             children.append(subprocess.Popen([sys.executable, "-m", "backend", "worker", "--device", args.device]))
         children.append(subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP),
                                           "--server.port", str(args.port), "--server.headless", "true"]))

@@ -12,7 +12,9 @@ import os
 import socket
 import threading
 
-from .celery_app import enqueue_run, make_app, worker_queues
+from celery import signals
+
+from .celery_app import make_app, worker_queues
 from .context import WorkerContext
 from .reaper import reap
 from .settings import Settings
@@ -38,7 +40,7 @@ def maintenance(ctx: WorkerContext, stop: threading.Event) -> None:
             ctx.store.heartbeat(ctx.info(), ttl=3 * period)
             if ctx.current:
                 ctx.store.renew_lease(*ctx.current, s.lease_seconds)
-            reap(ctx.store, lambda rec: enqueue_run(ctx.app, rec))
+            reap(ctx.store, ctx.enqueue)
         except Exception as e:  # Redis restarting: keep beating once it is back
             log.warning("maintenance: %s: %s", type(e).__name__, e)
         stop.wait(period)
@@ -52,9 +54,13 @@ def main(device: str = "auto", queues: list[str] | None = None, name: str | None
     host = socket.gethostname()
     name = name or f"{device}-{os.getpid()}@{host}"
     app = make_app(settings)
-    ctx = WorkerContext(settings=settings, store=RunStore.from_settings(settings), name=name, device=device,
+    ctx = WorkerContext(settings=settings, store=RunStore.from_settings(settings, retries=30), name=name, device=device,
                         queues=queues or worker_queues(device), host=host, app=app)
     register(app, ctx)
+
+    def on_shutdown(sig=None, how=None, **_):  # warm shutdown (SIGTERM/Ctrl-C): hand the run back
+        ctx.stopping = True
+    signals.worker_shutting_down.connect(on_shutdown, weak=False)
     stop = threading.Event()
     thread = threading.Thread(target=maintenance, args=(ctx, stop), name="lamanas-maintenance", daemon=True)
     thread.start()

@@ -42,11 +42,14 @@ def meta_test(learner, meta, phi, data, cfg, tasks: int, *, on_event=None, shoul
     emit = on_event or (lambda e: None)
     sampler = TaskSampler(data, cfg.split, "test", cfg.n_way, cfg.k_shot, cfg.q_query, cfg.rotations, EVAL_SEED)
     device = next(iter(meta.values())).device
+    test_classes = set(data.class_ids(cfg.split, "test"))
     accs: list[float] = []
     bar = _progress_bar(progress, tasks, 0, "meta-test", unit="task")
     for start in range(0, tasks, cfg.eval_chunk):
         ids = list(range(start, min(start + cfg.eval_chunk, tasks)))
         batch = on_device(sampler.tasks(0, ids), device)
+        # Guard against any leak of training classes into the score.
+        assert all(base in test_classes for task in batch.classes for base, _ in task), "a meta-test class is not in the test split"
         logits = adapt_and_predict(learner, meta, phi, batch, cfg, (EVAL_SEED, 0), ids)
         accs += query_metrics(logits, batch.query_y)[1].tolist()
         emit({"event": "evaluation", "done": len(accs), "total": tasks})

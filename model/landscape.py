@@ -38,7 +38,7 @@ def make_plane(loss: TaskLoss, phi: dict, ref_logits: Tensor, ref_labels: Tensor
     loss.check_logits(ref_logits)
     weights = loss.first_layer_logit_weights(phi)
     if mode == "svd" and weights is not None and n >= 2:
-        _, _, vh = torch.linalg.svd(weights.detach().double(), full_matrices=False)
+        _, _, vh = torch.linalg.svd(weights.detach().cpu().double(), full_matrices=False)
         dirs = vh[:2]
         pivot = dirs.abs().argmax(1)
         dirs = dirs * torch.sign(dirs[torch.arange(2), pivot])[:, None]   # sign convention
@@ -47,7 +47,7 @@ def make_plane(loss: TaskLoss, phi: dict, ref_logits: Tensor, ref_labels: Tensor
         dirs = torch.eye(n, dtype=torch.float64)[list(coords)]
     else:
         raise ValueError(f"landscape mode must be svd or coords, got {mode!r}")
-    z0 = ref_logits.detach().double()
+    z0 = ref_logits.detach().cpu().double()
     if extent is None:  # wide enough to cross the reference logits' spread, at least ±3
         extent = max(3.0, 2.0 * float(z0.std()))
     return {"mode": mode, "directions": dirs.tolist(), "ref_logits": z0.tolist(),
@@ -65,7 +65,7 @@ def landscape_grid(loss: TaskLoss, phi: dict, plane: dict, grid: int) -> tuple[T
     b, a = torch.meshgrid(axis, axis, indexing="ij")
     offsets = a[..., None] * d[0] + b[..., None] * d[1]             # (G, G, n)
     logits = (z0 + offsets.reshape(-1, 1, d.shape[1]))               # (G*G, N, n)
-    phi64 = {k: v.detach().double() for k, v in phi.items()}
+    phi64 = {k: v.detach().cpu().double() for k, v in phi.items()}
     state = loss.init_state(phi64)
     with torch.no_grad():
         values = vmap(lambda z: loss(phi64, z, y0, state)[0])(logits)

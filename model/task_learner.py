@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
 
 from .supernet import SuperNet, is_arch
 
@@ -104,21 +105,41 @@ class TaskLearner:
         self.loss = loss or CrossEntropy()
         self.engine = engine or cfg.engine
         self.opt = TaskOptimizer.from_config(cfg)
+        self.phi_learner = None             # how φ learns, for learned losses (model.losses)
+        if getattr(self.loss, "learned", False):
+            from .losses import PhiLearner
+
+            self.phi_learner = PhiLearner(cfg, self.loss)
 
     # ---- pure per-task functions ------------------------------------------------------
     def logits(self, params, x, temp, drop_mask=None, stats_from=None):
         return functional_call(self.net, params, (x,), {"temp": temp, "drop_mask": drop_mask, "stats_from": stats_from})
 
-    def _step_loss(self, params, phi, x, y, temp, drop_mask):
+    def _step_loss(self, params, phi, x, y, temp, drop_mask, loss_state=()):
         logits = self.logits(params, x, temp, drop_mask)
-        loss, _ = self.loss(phi, logits, y, None)
-        return loss, logits
+        loss, loss_state = self.loss(phi, logits, y, loss_state or None)
+        return loss, (logits, () if loss_state is None else loss_state)   # torch.func aux: no None
 
     def _grad_fn(self, has_mask: bool):
         g = grad(self._step_loss, has_aux=True)
         if self.engine != "vmap":
             return g
-        return vmap(g, in_dims=(0, 0, 0, 0, None, 0 if has_mask else None))
+        return vmap(g, in_dims=(0, 0, 0, 0, None, 0 if has_mask else None, 0))
+
+    def _phi_grad(self, phi, params, x, y, logits, loss_state, temp, drop_mask, query_x, query_y):
+        """(∇_φ, value) of the φ objective on one task's inner step (see model.losses.phi)."""
+        return self.phi_learner.task_objective_grad(
+            phi, logits=logits, labels=y, loss_state=loss_state or None, params=params,
+            support_fn=lambda p: self.logits(p, x, temp, drop_mask),
+            query_fn=None if query_x is None else (lambda p: self.logits(p, query_x, temp)), query_labels=query_y)
+
+    def _init_loss_state(self, phi: dict):
+        """The task loss's state per task (() when stateless): e.g. the LSTM class table."""
+        if self.loss.init_state({k: v[0] for k, v in phi.items()}) is None:
+            return ()
+        if self.engine == "vmap":
+            return vmap(self.loss.init_state)(phi)
+        return _stack_trees([self.loss.init_state(_at(phi, i)) for i in range(next(iter(phi.values())).shape[0])])
 
     # ---- randomness -------------------------------------------------------------------
     def draw(self, key: tuple, task_ids, step: int, support_size: int, batch: int, drop_p: float, device):
@@ -140,32 +161,62 @@ class TaskLearner:
 
     # ---- adaptation -------------------------------------------------------------------
     def adapt(self, params: dict, phi: dict, support_x, support_y, *, key: tuple, task_ids, steps: int,
-              batch: int, drop_p: float) -> tuple[dict, dict]:
+              batch: int, drop_p: float, learn_phi: bool = False, query_x=None, query_y=None,
+              differentiable: bool = False) -> tuple[dict, dict]:
         """K task-learner steps. `params`/`phi` have a leading task dimension; so do the
-        support tensors (T, S, ...). Returns adapted params (T, ...) and step statistics."""
+        support tensors (T, S, ...). Returns adapted params (T, ...) and step statistics.
+
+        `learn_phi` (meta-training with phi_update mse/inner_product): each task also steps
+        its copy φ_i once per inner step on that step's batch (after the θ/α gradient, which
+        used the φ_i before it); the adapted φ_i are returned in stats["phi"]. The query set
+        is needed by the inner-product proxy. `differentiable` keeps the steps in the
+        autograd graph (phi_update meta_gradient differentiates the query loss through them)."""
         temps = temperatures(self.cfg, steps)
         S = support_x.shape[1]
         state = self.opt.init(params)
+        loss_state = self._init_loss_state(phi)
+        learn_phi = learn_phi and self.phi_learner is not None and self.phi_learner.learns_in_task
+        phi_opt = self.phi_learner.init_task_state(phi) if learn_phi else None
         grad_fn = self._grad_fn(drop_p > 0)
-        losses = []
+        losses, phi_objective = [], []
         for s in range(steps):
             idx, mask = self.draw(key, task_ids, s, S, batch, drop_p, support_x.device)
             x = torch.gather(support_x, 1, idx.view(*idx.shape, 1, 1, 1).expand(-1, -1, *support_x.shape[2:]))
             y = torch.gather(support_y, 1, idx)
+            step_state = loss_state
             if self.engine == "vmap":
-                grads, logits = grad_fn(params, phi, x, y, temps[s], mask)
+                grads, (logits, loss_state) = grad_fn(params, phi, x, y, temps[s], mask, loss_state)
             else:
-                outs = [grad_fn(_at(params, i), _at(phi, i), x[i], y[i], temps[s], None if mask is None else mask[i])
-                        for i in range(len(task_ids))]
+                outs = [grad_fn(_at(params, i), _at(phi, i), x[i], y[i], temps[s], None if mask is None else mask[i],
+                                _at_tree(loss_state, i)) for i in range(len(task_ids))]
                 grads = _stack([o[0] for o in outs])
-                logits = torch.stack([o[1] for o in outs])
+                logits = torch.stack([o[1][0] for o in outs])
+                loss_state = _stack_trees([o[1][1] for o in outs])
+            if learn_phi:
+                phi_grads, value = self._map_tasks(
+                    self._phi_grad, (phi, params, x, y, logits, step_state, temps[s], mask, query_x, query_y),
+                    batched=(True, True, True, True, True, True, False, mask is not None, query_x is not None,
+                             query_y is not None))
+                phi, phi_opt = self.phi_learner.task_step(phi, phi_grads, phi_opt, s + 1)
+                phi_objective.append(float(value.mean()))
             with torch.no_grad():
                 losses.append(F.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
+            with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
                 params, state = self.opt.step(params, grads, state, s + 1)
-        return params, {"inner_ce_first": losses[0] if losses else None, "inner_ce_last": losses[-1] if losses else None}
+        stats = {"inner_ce_first": losses[0] if losses else None, "inner_ce_last": losses[-1] if losses else None}
+        if learn_phi:
+            stats.update(phi=phi, phi_objective_first=phi_objective[0], phi_objective_last=phi_objective[-1])
+        return params, stats
 
-    @torch.no_grad()
-    def predict(self, params: dict, support_x, query_x, temp: float):
+    def _map_tasks(self, fn, args: tuple, batched: tuple):
+        """fn over the task dimension of the `batched` args: vmapped, or looped and stacked."""
+        if self.engine == "vmap":
+            return vmap(fn, in_dims=tuple(0 if b else None for b in batched))(*args)
+        outs = [fn(*(_at_tree(a, i) if b else a for a, b in zip(args, batched)))
+                for i in range(next(iter(args[0].values())).shape[0])]
+        return _stack_trees(outs)
+
+    def query_logits(self, params: dict, support_x, query_x, temp: float):
         """Query logits (T, Q, n) after adaptation, BN statistics per `bn_mode`."""
         def one(p, sx, qx):
             if self.cfg.bn_mode == "support_stats":
@@ -175,6 +226,33 @@ class TaskLearner:
         if self.engine == "vmap":
             return vmap(one)(params, support_x, query_x)
         return torch.stack([one(_at(params, i), support_x[i], query_x[i]) for i in range(query_x.shape[0])])
+
+    def phi_meta_update(self, phi: dict, meta_state: dict, *, batch, adapted: dict, stats: dict, task_phi: dict,
+                        query_logits) -> tuple[dict, dict, dict]:
+        """φ's meta-update after a meta-batch (learned losses): Reptile toward the adapted
+        φ_i in stats["phi"], or, for meta_gradient, an Adam step on the task-averaged
+        ∇_φ CE_query, back through the differentiable adaptation from `task_phi` (the
+        per-task copies of φ that required grad). φ's meta-state lives in
+        meta_state["phi"]. Returns (φ, meta_state, metrics row)."""
+        pl = self.phi_learner
+        phi_state = meta_state.get("phi") or pl.init_phi_state(phi)
+        if pl.mode == "meta_gradient":
+            logits = self.query_logits(adapted, batch.support_x, batch.query_x, self.cfg.temp_end)
+            ce = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="sum") / logits.shape[1]
+            names = list(task_phi)
+            grads = torch.autograd.grad(ce, [task_phi[k] for k in names], allow_unused=True)
+            grads = {k: torch.zeros_like(task_phi[k]) if g is None else g for k, g in zip(names, grads)}
+            phi, phi_state, row = pl.meta_update(phi, phi_state, meta_grads=grads)
+        else:
+            phi, phi_state, row = pl.meta_update(phi, phi_state, adapted_phi=stats.pop("phi"))
+        row.update(pl.diagnostics(phi, query_logits, batch.query_y))
+        phi_state = pl.record(phi_state, phi_state["t"], row)   # t = meta-updates so far = epoch
+        return phi, {**meta_state, "phi": phi_state}, row
+
+    @torch.no_grad()
+    def predict(self, params: dict, support_x, query_x, temp: float):
+        """Query logits (T, Q, n) after adaptation, BN statistics per `bn_mode`."""
+        return self.query_logits(params, support_x, query_x, temp)
 
     def set_engine_flags(self):
         self.net.skip_zero = self.engine == "loop"
@@ -186,6 +264,20 @@ def _at(d: dict, i: int) -> dict:
 
 def _stack(ds: list[dict]) -> dict:
     return {k: torch.stack([d[k] for d in ds]) for k in ds[0]} if ds else {}
+
+
+def _at_tree(tree, i: int):
+    """Task i of a pytree of tensors with a leading task dimension (None/() pass through)."""
+    return tree_map(lambda v: v[i] if isinstance(v, torch.Tensor) else v, tree)
+
+
+def _stack_trees(trees: list):
+    """Stack per-task pytrees along a new leading task dimension."""
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    flat = [tree_flatten(t) for t in trees]
+    leaves = [torch.stack(ls) for ls in zip(*(f[0] for f in flat))]
+    return tree_unflatten(leaves, flat[0][1])
 
 
 def expand(params: dict, n: int) -> dict:

@@ -156,6 +156,7 @@ def train(cfg: Config, run_dir, *, resume: bool = False, data_root=None,
         run_info = {"schema_version": SCHEMA_VERSION, "data_fingerprint": data.fingerprint, "device": str(device),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "warnings": []}
         atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2))
+    landscapes = _landscape_recorder(run_dir, loss, cfg, start_epoch - 1)
     emit({"event": "start", "start_epoch": start_epoch, "device": str(device), "num_params": count_params(net, meta)["weights"]})
 
     bar = _progress_bar(progress, cfg.meta_epochs, start_epoch - 1, "meta-train")
@@ -171,6 +172,8 @@ def train(cfg: Config, run_dir, *, resume: bool = False, data_root=None,
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
             emit({"event": "epoch", "row": row})
+            if landscapes and landscapes.due(epoch):
+                emit({"event": "landscape", "snapshot": landscapes.record(epoch, phi, _reference_batch(learner, meta, batch, cfg))})
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.meta_epochs:
                 save_checkpoint(ckpt_path, epoch, meta, phi, meta_state, wall_before + time.time() - wall0)
                 emit({"event": "checkpoint", "epoch": epoch})
@@ -204,6 +207,27 @@ def train(cfg: Config, run_dir, *, resume: bool = False, data_root=None,
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     emit({"event": "done", "summary": summary})
     return summary
+
+
+def _landscape_recorder(run_dir: Path, loss, cfg: Config, last_epoch: int):
+    """Loss-landscape snapshots for learned losses with landscape_every > 0, else None.
+    Snapshots after `last_epoch` (the checkpoint's; 0 for a fresh run) are dropped; the
+    recorder re-reads the stored plane, so a resumed run stays in it."""
+    if not getattr(loss, "learned", False) or cfg.landscape_every <= 0:
+        return None
+    from .landscape import LandscapeRecorder, truncate_snapshots
+
+    truncate_snapshots(run_dir, last_epoch)
+    return LandscapeRecorder.from_config(run_dir, loss, cfg)
+
+
+def _reference_batch(learner: TaskLearner, meta: dict, batch, cfg: Config):
+    """The landscapes' fixed reference batch, taken once (first snapshot): the meta-model's
+    logits on the first task's support set of that epoch, and its labels."""
+    def ref():
+        with torch.no_grad():
+            return learner.logits(meta, batch.support_x[0], cfg.temp_end).cpu(), batch.support_y[0].cpu()
+    return ref
 
 
 def save_checkpoint(path: Path, epoch: int, meta: dict, phi: dict, meta_state: dict, wall_seconds: float) -> None:

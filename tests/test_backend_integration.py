@@ -6,6 +6,7 @@ any time exactly one worker is alive (so a queued run really waits).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -153,14 +154,22 @@ def test_invalid_configs_never_reach_a_worker(studio):
     assert sum(c.store.r.llen(f"lamanas:broker:{q}") for q in ("gpu", "cpu", "any")) == 0
 
 
-def test_redis_restart_keeps_runs_and_workers_reconnect(studio):
+def test_redis_restart_keeps_runs_and_a_running_run_finishes(studio):
     c = studio.client
-    before = c.list_runs()
     ref = studio.runs["reference"]
     rows = c.progress(ref)
+    run_id = c.submit("smoke", name="through a restart")
+    wait_for(lambda: len(c.progress(run_id)) >= 1, 120, 0.05, "a progress entry")
+    before = [{k: v for k, v in r.items() if k not in ("epoch", "status", "checkpoint_epoch", "evaluation")}
+              for r in c.list_runs()]
     studio.redis.restart()  # AOF on, `--save ''`: no RDB snapshot to fall back on
-    assert c.list_runs() == before and c.progress(ref) == rows
-    job = c.request_evaluate(ref, tasks=4)  # the worker reconnects and serves jobs
+    after = [{k: v for k, v in r.items() if k not in ("epoch", "status", "checkpoint_epoch", "evaluation")}
+             for r in c.list_runs()]
+    assert after == before and c.progress(ref) == rows
+    rec = studio.wait_status(run_id)
+    assert rec["status"] == "succeeded" and rec["attempts"] == 1, rec.get("traceback")
+    assert epochs(c, run_id) == [1, 2, 3, 4]
+    job = c.request_evaluate(ref, tasks=4)  # jobs run on the worker too
     result = wait_for(lambda: c.job(job)["status"] in ("succeeded", "failed") and c.job(job), 90, 0.2, "evaluate job")
     assert result["status"] == "succeeded", result.get("error")
     assert result["result"]["tasks"] == 4
@@ -170,6 +179,19 @@ def test_cli_status_prints_json(studio):
     ref = studio.runs["reference"]
     out = subprocess.run([sys.executable, "-m", "backend", "status", ref], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1], env={**os.environ, "REDIS_URL": studio.redis.url}, check=True)
-    import json
     data = json.loads(out.stdout)
     assert data["status"] == "succeeded" and [r["epoch"] for r in data["progress"]] == list(range(1, 9))
+
+
+def test_episode_job_predicts_the_users_images(studio, data_root):
+    c = studio.client
+    chars = sorted((Path(data_root) / "omniglot-py" / "images_evaluation" / "Angelic").iterdir())[:3]
+    files = {ch.name: sorted(ch.glob("*.png"))[:2] for ch in chars}
+    support = {name: [fs[0].read_bytes()] for name, fs in files.items()}
+    query = [fs[1].read_bytes() for fs in files.values()]
+    job = c.request_episode(studio.runs["reference"], support, query, list(files))
+    result = wait_for(lambda: c.job(job)["status"] in ("succeeded", "failed") and c.job(job), 90, 0.2, "episode job")
+    assert result["status"] == "succeeded", result.get("error")
+    preds = result["result"]["predictions"]
+    assert [p["index"] for p in preds] == [0, 1, 2] and [p["label"] for p in preds] == list(files)
+    assert all(p["prediction"] in files for p in preds) and 0 <= result["result"]["accuracy"] <= 1

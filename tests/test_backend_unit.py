@@ -72,6 +72,7 @@ def fake_train(epochs_done=None, fail=None):
             on_event({"event": "epoch", "row": {"epoch": epoch, "train_loss": 1.0 / epoch, "train_accuracy": 0.5}})
             if epoch % cfg.checkpoint_every == 0:
                 on_event({"event": "checkpoint", "epoch": epoch})
+                on_event({"event": "landscape", "snapshot": {"epoch": epoch, "z": [[0.0]]}})
             if should_cancel():
                 raise Cancelled()
         summary = {"test_accuracy": 0.75, "meta_epochs": cfg.meta_epochs}
@@ -174,6 +175,7 @@ def test_run_succeeds_with_progress_summary_and_lease_released(client):
     assert rec["epoch"] == 4 and rec["checkpoint_epoch"] == 4 and client.summary(run_id)["test_accuracy"] == 0.75
     assert [r["epoch"] for r in client.progress(run_id)] == [1, 2, 3, 4]
     assert [r["epoch"] for r in client.progress(run_id, after_epoch=2)] == [3, 4]
+    assert [s["epoch"] for s in client.landscapes(run_id)] == [2, 4]
     assert client.store.lease_owner(run_id) is None and client.store.leased_ids() == []
     # a redelivered (stale) message does nothing
     assert runner.execute(ctx, run_id, rec["dispatch"], train, Cancelled) == "skipped"
@@ -264,6 +266,26 @@ def test_reaper_requeues_an_expired_lease_once(client):
     assert [r["epoch"] for r in client.progress(run_id)] == [1, 2, 3, 4]
 
 
+def test_warm_shutdown_hands_the_run_back_at_once(client):
+    run_id = client.submit("smoke", {"meta_epochs": 6, "checkpoint_every": 2})
+    ctx = make_ctx(client)
+    inner = fake_train()
+
+    def train(cfg, run_dir, **kw):
+        events = kw["on_event"]
+
+        def on_event(e):
+            events(e)
+            if e["event"] == "epoch" and e["row"]["epoch"] == 2:
+                ctx.stopping = True  # SIGTERM arrived
+        return inner(cfg, run_dir, **{**kw, "on_event": on_event})
+    old = last_dispatch(client, run_id)
+    assert runner.execute(ctx, run_id, old, train, Cancelled) == "handed back"
+    rec = client.get(run_id)
+    assert rec["status"] == "queued" and rec["dispatch"] != old and rec["attempts"] == 1
+    assert client.store.lease_owner(run_id) is None and [r["epoch"] for r in client.progress(run_id)] == [1, 2]
+
+
 def test_delete_removes_record_streams_and_artifacts(client):
     run_id = client.submit("smoke", {"meta_epochs": 2})
     ctx = make_ctx(client)
@@ -275,6 +297,25 @@ def test_delete_removes_record_streams_and_artifacts(client):
     assert not ctx.run_dir(run_id).exists()
     with pytest.raises(NotFound):
         client.cancel(run_id)
+
+
+def test_delete_while_running_stops_the_attempt_and_cleans_up(client):
+    run_id = client.submit("smoke", {"meta_epochs": 6})
+    ctx = make_ctx(client)
+    inner = fake_train()
+
+    def train(cfg, run_dir, **kw):
+        events = kw["on_event"]
+
+        def on_event(e):
+            events(e)
+            if e["event"] == "epoch" and e["row"]["epoch"] == 2:
+                (run_dir / "checkpoint.pt").write_bytes(b"x")
+                client.delete(run_id)
+        return inner(cfg, run_dir, **{**kw, "on_event": on_event})
+    assert runner.execute(ctx, run_id, last_dispatch(client, run_id), train, Cancelled) == "lost"
+    assert client.get(run_id) is None and client.progress(run_id) == [] and not ctx.run_dir(run_id).exists()
+    assert client.store.lease_owner(run_id) is None and client.store.leased_ids() == []
 
 
 def test_artifact_names_are_an_allowlist(client):

@@ -165,3 +165,31 @@ def test_genotype_derivation_round_trip_and_dot():
     assert genotypes.edge_labels(dot) == [op for op, _ in g["normal"]]
     with pytest.raises(ValueError):
         genotypes.from_json(json.dumps({**g, "normal": [["conv_3x3", 7], ["conv_3x3", 0]]}))
+
+
+def test_discrete_network_from_a_genotype_has_exactly_the_chosen_ops_and_learns():
+    from model.discrete import DiscreteNet
+    from model.ops import Identity, Pool, SepConv
+
+    cfg = tiny_cfg()
+    g = {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1], ["max_pool_3x3", 2], ["conv_3x3", 0]],
+         "normal_concat": [2, 3],
+         "reduce": [["max_pool_3x3", 0], ["avg_pool_3x3", 1], ["skip_connect", 2], ["dil_conv_3x3", 1]],
+         "reduce_concat": [2, 3]}
+    torch.manual_seed(0)
+    net = DiscreteNet(g, cfg, 3)
+    normal = net.cells[0]
+    assert [type(op) for op in normal.ops[:3]] == [SepConv, Identity, Pool]
+    assert normal.sources == [0, 1, 2, 0]
+    supernet_weights = count_params(SuperNet(cfg, 3))["weights"]
+    assert sum(p.numel() for p in net.parameters()) < supernet_weights
+    x, y = tasks(T=1)
+    opt = torch.optim.Adam(net.parameters(), 0.01)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x[0]), y[0])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

@@ -54,6 +54,12 @@ def tiny_net(p, x):
     return h.mean((2, 3)) @ p["fc.weight"].T + p["fc.bias"]
 
 
+def on_net(x, y, net=None):
+    """A batch as the proxies take it: (params -> logits, labels)."""
+    net = net or tiny_net
+    return (lambda p: net(p, x)), y
+
+
 def images(n=N_WAY, per_class=2, seed=0, dtype=torch.float64):
     g = gen(seed)
     y = torch.arange(n).repeat(per_class)
@@ -157,13 +163,13 @@ def _directional_fd(f, phi, direction, eps=1e-6):  # truncation error ~eps², ro
 def test_inner_product_phi_grad_matches_finite_differences(loss, normalize):
     phi = as64(loss.init_phi(gen(2)))
     params = tiny_params()
-    support, query = images(seed=0), images(seed=1)
+    support, query = on_net(*images(seed=0)), on_net(*images(seed=1))
     kw = dict(lam=1.0, xi=0.7, normalize=normalize, state=loss.init_state(phi))
 
     def objective(p):
-        return inner_product_objective(loss, p, tiny_net, params, support, query, **kw)
+        return inner_product_objective(loss, p, params, support, query, **kw)
 
-    fast, value = inner_product_phi_grad(loss, phi, tiny_net, params, support, query, **kw)
+    fast, value = inner_product_phi_grad(loss, phi, params, support, query, **kw)
     assert torch.allclose(value, objective(phi), rtol=1e-10, atol=1e-12)
     reference = grad(objective)(phi)                 # double backward through the network
     for k in phi:
@@ -193,11 +199,11 @@ def test_inner_product_vmaps_over_tasks():
     phi = as64(loss.init_phi(gen()))
     params = tiny_params()
     tasks = [(images(seed=2 * t), images(seed=2 * t + 1)) for t in range(3)]
-    looped = [inner_product_phi_grad(loss, phi, tiny_net, params, s, q, lam=1.0, xi=1.0, normalize="cosine")[0]
+    looped = [inner_product_phi_grad(loss, phi, params, on_net(*s), on_net(*q), lam=1.0, xi=1.0, normalize="cosine")[0]
               for s, q in tasks]
     xs = torch.stack([s[0] for s, _ in tasks]); ys = torch.stack([s[1] for s, _ in tasks])
     xq = torch.stack([q[0] for _, q in tasks]); yq = torch.stack([q[1] for _, q in tasks])
-    batched, _ = vmap(lambda a, b, c, d: inner_product_phi_grad(loss, phi, tiny_net, params, (a, b), (c, d),
+    batched, _ = vmap(lambda a, b, c, d: inner_product_phi_grad(loss, phi, params, on_net(a, b), on_net(c, d),
                                                                 lam=1.0, xi=1.0, normalize="cosine"))(xs, ys, xq, yq)
     for t in range(3):
         for k in phi:
@@ -231,55 +237,55 @@ def _sgd_adapt(loss, params, support, steps=2, lr=0.3):
 @pytest.mark.parametrize("mode", ["mse", "inner_product", "inner_product_none", "meta_gradient"])
 @pytest.mark.parametrize("net", ["fnn", "lstm"])
 def test_every_phi_step_lowers_its_objective(mode, net):
+    """At the config's own rates (lr_phi = 1e-3), on fresh batches, the objective φ stepped
+    on is lower after the step than before: φ moves for a reason."""
     normalize = "none" if mode.endswith("_none") else "cosine"
     phi_update = mode.replace("_none", "")
     cfg = _cfg(loss=net, loss_hidden=8, lstm_layers=2, phi_update=phi_update, ip_normalize=normalize,
                task_optimizer="sgd" if phi_update == "meta_gradient" else "adam")
     loss = make_task_loss(cfg, N_WAY)
-    learner = PhiLearner(cfg, loss, gen(5))
+    learner = PhiLearner(cfg, loss)
+    phi = loss.init_phi(gen(5))
+    phi_state = learner.init_phi_state(phi)
     params = tiny_params(dtype=torch.float32)
     for trial in range(4):
-        phi = {k: v.clone() for k, v in learner.phi.items()}
-        support, query = images(seed=10 * trial, dtype=torch.float32), images(seed=10 * trial + 1, dtype=torch.float32)
+        (xs, ys), (xq, yq) = images(seed=10 * trial, dtype=torch.float32), images(seed=10 * trial + 1, dtype=torch.float32)
         if phi_update == "meta_gradient":
-            adapt = _sgd_adapt(loss, params, support)
-            objective = lambda p: per_sample_ce(tiny_net(adapt(p), query[0]), query[1]).mean()  # noqa: E731
-            g, before = meta_gradient_phi_grad(adapt, lambda q: per_sample_ce(tiny_net(q, query[0]), query[1]).mean(), phi)
-            learner.meta_update(meta_grads=g)
-            after = objective(learner.phi)
+            adapt = _sgd_adapt(loss, params, (xs, ys))
+            query_ce = lambda q: per_sample_ce(tiny_net(q, xq), yq).mean()  # noqa: E731
+            g, before = meta_gradient_phi_grad(adapt, query_ce, phi)
+            phi, phi_state, _ = learner.meta_update(phi, phi_state, meta_grads={k: v[None] for k, v in g.items()})
+            after = query_ce(adapt(phi))
         else:
-            logits = tiny_net(params, support[0])
-            kw = dict(logits=logits, labels=support[1], logits_fn=tiny_net, params=params, support=support, query=query)
+            kw = dict(logits=tiny_net(params, xs), labels=ys, params=params, support_fn=on_net(xs, ys)[0],
+                      query_fn=on_net(xq, yq)[0], query_labels=yq)
             g, before = learner.task_objective_grad(phi, **kw)
-            new_phi, _ = learner.task_step(phi, g, learner.init_task_state(phi), 1)
-            after = learner.task_objective_grad(new_phi, **kw)[1]
-            learner.phi = new_phi
+            phi, _ = learner.task_step(phi, g, learner.init_task_state(phi), 1)
+            after = learner.task_objective_grad(phi, **kw)[1]
         assert float(after) < float(before), (trial, float(before), float(after))
 
 
-def test_phi_learner_meta_updates_and_checkpoint_round_trip():
+def test_phi_learner_meta_updates_and_history():
     for mode in ("mse", "inner_product", "meta_gradient"):
         cfg = _cfg(phi_update=mode, loss_hidden=8, task_optimizer="sgd" if mode == "meta_gradient" else "adam")
         loss = make_task_loss(cfg, N_WAY)
-        learner = PhiLearner(cfg, loss, gen(1))
-        stacked = {k: v.unsqueeze(0).repeat(3, *[1] * v.dim()) for k, v in learner.phi.items()}
+        learner = PhiLearner(cfg, loss)
+        phi = loss.init_phi(gen(1))
+        phi_state = learner.init_phi_state(phi)
+        stacked = {k: v.unsqueeze(0).repeat(3, *[1] * v.dim()) for k, v in phi.items()}
         for t in range(3):                          # three "tasks" moved φ_i differently
             for k in stacked:
                 stacked[k][t] += 0.01 * (t + 1) * torch.randn(stacked[k][t].shape, generator=gen(t))
-        if mode == "meta_gradient":
-            row = learner.meta_update(meta_grads=stacked)
-        else:
-            row = learner.meta_update(adapted_phi=stacked)
-        assert row["phi_step_norm"] > 0 and row["phi_norm"] > 0
-        learner.record(1, row)
-        restored = PhiLearner(cfg, loss, gen(99))
-        restored.load_state_dict(learner.state_dict())
-        assert all(torch.equal(restored.phi[k], learner.phi[k]) for k in learner.phi)
-        assert restored.history == learner.history and restored.meta_t == learner.meta_t
-        other = PhiLearner(_cfg(phi_update=mode, loss_hidden=8, n_way=N_WAY + 1,
-                                task_optimizer=cfg.task_optimizer), make_task_loss(cfg, N_WAY + 1))
+        key = "meta_grads" if mode == "meta_gradient" else "adapted_phi"
+        new, phi_state, row = learner.meta_update(phi, phi_state, **{key: stacked})
+        assert row["phi_step_norm"] > 0 and row["phi_norm"] > 0 and phi_state["t"] == 1
+        assert any(not torch.equal(new[k], phi[k]) for k in phi)
+        if mode != "meta_gradient":                 # Reptile with rate 1: the mean of the φ_i
+            assert all(torch.allclose(new[k], stacked[k].mean(0)) for k in phi)
+        phi_state = learner.record(phi_state, 1, {**row, "grad_cosine": 0.5})
+        assert phi_state["history"] == [{"epoch": 1, **row, "grad_cosine": 0.5}]
         with pytest.raises(ValueError, match="n-way"):
-            other.load_state_dict(learner.state_dict())
+            make_task_loss(cfg, N_WAY + 1).check_phi(new)
 
 
 def test_diagnostics():
@@ -345,3 +351,105 @@ def test_mse_trained_fnn_tracks_cross_entropy():
         phi, state = opt.step(phi, g, state, t)
     after = loss_ce_pearson(loss, phi, z_held, y_held)
     assert before < 0.5 and after >= 0.9, (before, after)
+
+
+@pytest.mark.parametrize("normalize", ["cosine", "none"])
+def test_inner_product_phi_grad_on_the_real_supernet(normalize):
+    """The same check through the real supernet (smoke size, float64, BN in train mode)."""
+    from torch.func import functional_call
+
+    from model.config import build_config
+    from model.supernet import SuperNet
+
+    cfg = build_config("smoke")
+    n = cfg.n_way
+    torch.manual_seed(0)
+    net = SuperNet(cfg, n).double()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    assert any(k.startswith("alpha_") for k in params)
+
+    def logits_fn(p, x):
+        return functional_call(net, p, (x,), {"temp": 1.0, "drop_mask": None, "stats_from": None})
+
+    g = gen(3)
+    y = torch.arange(n).repeat(2)
+    support = (torch.rand(len(y), 1, 28, 28, generator=g, dtype=torch.float64), y)
+    query = (torch.rand(len(y), 1, 28, 28, generator=g, dtype=torch.float64), y)
+    loss = LSTMLoss(n, 6, layers=2, residual=True)
+    phi = as64(loss.init_phi(gen(2)))
+    kw = dict(lam=1.0, xi=1.0, normalize=normalize)
+    support, query = on_net(*support, net=logits_fn), on_net(*query, net=logits_fn)
+    objective = lambda p: inner_product_objective(loss, p, params, support, query, **kw)  # noqa: E731
+    fast, value = inner_product_phi_grad(loss, phi, params, support, query, **kw)
+    assert torch.allclose(value, objective(phi), rtol=1e-9)
+    reference = grad(objective)(phi)
+    for k in phi:
+        assert torch.allclose(fast[k], reference[k], rtol=1e-6, atol=1e-10), k
+    direction = {k: torch.randn(v.shape, generator=gen(9), dtype=torch.float64) for k, v in phi.items()}
+    analytic = sum((fast[k] * direction[k]).sum() for k in phi)
+    assert torch.allclose(analytic, _directional_fd(objective, phi, direction), rtol=1e-4)
+
+
+# ---- integrated: meta-training on real Omniglot (smoke size) -----------------------------------
+
+LEARNED_SMOKE = dict(meta_epochs=4, checkpoint_every=2, threads=1, test_tasks=4, loss_hidden=8, lstm_layers=2,
+                     landscape_every=2, landscape_grid=5)
+PHI_RUNS = {
+    "fnn-mse": dict(loss="fnn", phi_update="mse"),
+    "lstm-ip-across": dict(loss="lstm", phi_update="inner_product", lstm_state="across_steps"),
+    "fnn-meta": dict(loss="fnn", phi_update="meta_gradient", task_optimizer="sgd", lr_theta_task=0.1,
+                     lr_alpha_task=0.1),
+}
+
+
+def _phi_run_config(name):
+    from model.config import build_config
+    return build_config("smoke", {**LEARNED_SMOKE, **PHI_RUNS[name]})
+
+
+@pytest.mark.parametrize("name", list(PHI_RUNS))
+def test_phi_changes_every_meta_epoch_and_is_recorded(name, tmp_path, data_root):
+    import json
+
+    from model.landscape import read_snapshots
+    from model.train import read_metrics, train
+
+    cfg = _phi_run_config(name)
+    events = []
+    summary = train(cfg, tmp_path / "r", data_root=data_root, on_event=events.append)
+    rows = read_metrics(tmp_path / "r")
+    assert len(rows) == 4
+    for row in rows:
+        assert row["phi_step_norm"] > 0 and row["phi_norm"] > 0
+        assert -1 <= row["loss_ce_pearson"] <= 1 and -1 <= row["grad_cosine"] <= 1
+    assert summary["loss_params"] == make_task_loss(cfg).num_params()
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    phi0 = make_task_loss(cfg).init_phi(torch.Generator().manual_seed(cfg.seed))
+    assert any(not torch.equal(state["phi"][k], phi0[k]) for k in phi0)
+    history = state["meta_state"]["phi"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["phi_step_norm"] for h in history] == [r["phi_step_norm"] for r in rows]
+    snaps = read_snapshots(tmp_path / "r")
+    assert [s["epoch"] for s in snaps] == [2, 4]
+    assert [e["snapshot"]["epoch"] for e in events if e["event"] == "landscape"] == [2, 4]
+    json.dumps(events)
+
+
+@pytest.mark.slow
+def test_phi_survives_checkpoint_and_resume(tmp_path, data_root):
+    from model.landscape import read_snapshots
+    from model.train import Cancelled, read_metrics, train
+
+    cfg = _phi_run_config("lstm-ip-across")
+    ref = tmp_path / "ref"
+    train(cfg, ref, data_root=data_root)
+    run = tmp_path / "broken"
+    with pytest.raises(Cancelled):      # stops after epoch 3; the checkpoint is epoch 2's
+        train(cfg, run, data_root=data_root, should_cancel=lambda: len(read_metrics(run)) >= 3)
+    train(cfg, run, resume=True, data_root=data_root)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(run)) == strip(read_metrics(ref))
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (run, ref))
+    assert all(torch.equal(a["phi"][k], b["phi"][k]) for k in a["phi"])
+    assert a["meta_state"]["phi"]["history"] == b["meta_state"]["phi"]["history"]
+    assert read_snapshots(run) == read_snapshots(ref)

@@ -107,7 +107,7 @@ def alpha_frame(alpha: dict, cell: str = "normal") -> pd.DataFrame:
 
 def alpha_heatmap(alpha: dict, cell: str = "normal") -> alt.Chart:
     df = alpha_frame(alpha, cell)
-    base = alt.Chart(df, title=f"softmax(α), {cell} cell").encode(
+    base = alt.Chart(df).encode(
         x=alt.X("op:N", sort=list(alpha["ops"]), title=None, axis=alt.Axis(labelAngle=-35)),
         y=alt.Y("edge:N", sort=edge_names(len(alpha[cell])), title="edge (input → node)"),
     )
@@ -119,7 +119,7 @@ def alpha_heatmap(alpha: dict, cell: str = "normal") -> alt.Chart:
         text=alt.Text("weight:Q", format=".2f"),
         color=alt.condition(alt.datum.weight > 0.5, alt.value("white"), alt.value("black")),
     )
-    return (rect + text).properties(height=max(120, 22 * len(alpha[cell])))
+    return alt.layer(rect, text, title=f"softmax(α), {cell} cell").properties(height=max(120, 22 * len(alpha[cell])))
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def band_frame(series: dict[str, list[list[dict]]], metric: str) -> pd.DataFrame
 def compare_chart(series: dict[str, list[list[dict]]], metric: str = "train_accuracy") -> alt.Chart:
     """Overlaid curves: the mean across seeds as a line, ± one std as a band."""
     df = band_frame(series, metric)
-    base = alt.Chart(df, title=f"{METRICS.get(metric, metric)} (mean ± std across seeds)").encode(
+    base = alt.Chart(df).encode(
         x=alt.X("epoch:Q", title="meta-epoch"),
         color=alt.Color("label:N", legend=alt.Legend(orient="bottom", title=None)),
     )
@@ -158,7 +158,7 @@ def compare_chart(series: dict[str, list[list[dict]]], metric: str = "train_accu
     line = base.mark_line().encode(
         y="mean:Q", tooltip=["label:N", "epoch:Q", alt.Tooltip("mean:Q", format=".4g"), "n:Q"]
     )
-    return (band + line).properties(height=300)
+    return alt.layer(band, line, title=f"{METRICS.get(metric, metric)} (mean ± std across seeds)").properties(height=300)
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,11 +177,15 @@ def landscape_chart(snapshot: dict, key: str = "loss", title: str | None = None,
     """Heatmap of a landscape grid with the reference logits (origin) marked."""
     df = landscape_frame(snapshot, key)
     label = "SVD direction" if snapshot.get("mode") == "svd" else "logit coordinate"
-    heat = alt.Chart(df, title=title or key).mark_rect().encode(
+    heat = alt.Chart(df).mark_rect().encode(
         x=alt.X("a:O", title=f"{label} 1", axis=alt.Axis(format=".1f", labelOverlap=True)),
         y=alt.Y("b:O", title=f"{label} 2", sort="descending", axis=alt.Axis(format=".1f", labelOverlap=True)),
         color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"), title=None),
         tooltip=[alt.Tooltip("a:Q", format=".2f"), alt.Tooltip("b:Q", format=".2f"),
                  alt.Tooltip("value:Q", format=".4g")],
     )
-    return heat.properties(width=size, height=size)
+    axis = snapshot["axis"]
+    mid = min(axis, key=abs)  # the reference batch's logits lie at the origin of the plane
+    origin = alt.Chart(pd.DataFrame({"a": [mid], "b": [mid]})).mark_text(text="+", color="red", fontSize=22).encode(
+        x="a:O", y=alt.Y("b:O", sort="descending"))
+    return alt.layer(heat, origin, title=title or key).properties(width=size, height=size)

@@ -178,3 +178,44 @@ def config_diff(configs: dict[str, dict]) -> pd.DataFrame:
         if len(set(vals)) > 1:
             rows.append({"field": k, **{label: v for label, v in zip(configs, vals)}})
     return pd.DataFrame(rows, columns=["field", *configs])
+
+
+# ---------------------------------------------------------------------------------------
+# sample Omniglot tasks (Classroom), read from the data folder without torch
+
+
+def omniglot_root() -> tuple[Path | None, str]:
+    """(the images folder, "") or (None, how to get the data)."""
+    try:
+        from model.data.root import DataNotFoundError, resolve_data_root  # torch-free module
+    except ImportError as e:  # pragma: no cover - the model package is part of the project
+        return None, f"model.data is not importable: {e}"
+    try:
+        return resolve_data_root() / "omniglot-py", ""
+    except DataNotFoundError as e:
+        return None, str(e)
+
+
+def sample_task(images: Path, n_way: int = 5, k_shot: int = 1, n_query: int = 1, seed: int = 0,
+                image_set: str = "images_evaluation") -> dict:
+    """A few-shot task of Omniglot characters as file paths: {"classes": [label, ...],
+    "support": {label: [path, ...]}, "query": [(path, label), ...]} (query shuffled)."""
+    import random
+
+    rng = random.Random(seed)
+    base = Path(images) / image_set
+    alphabets = sorted(p for p in base.iterdir() if p.is_dir())
+    chars = []
+    while len(chars) < n_way:
+        alphabet = rng.choice(alphabets)
+        char = rng.choice(sorted(p for p in alphabet.iterdir() if p.is_dir()))
+        if char not in chars:
+            chars.append(char)
+    support, query = {}, []
+    for char in chars:
+        label = f"{char.parent.name.replace('(', '').replace(')', '')} {char.name}"[:64]
+        drawings = rng.sample(sorted(char.glob("*.png")), k_shot + n_query)
+        support[label] = drawings[:k_shot]
+        query += [(p, label) for p in drawings[k_shot:]]
+    rng.shuffle(query)
+    return {"classes": list(support), "support": support, "query": query}

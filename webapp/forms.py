@@ -116,12 +116,12 @@ def config_form(base: dict, key_prefix: str, errors: dict[str, str] | None = Non
     values = {}
     for group, names in fields_by_group().items():
         bad = [n for n in names if n in errors]
-        title = GROUP_TITLES.get(group, group) + (f" — ⚠️ {len(bad)} to fix" if bad else "")
+        title = GROUP_TITLES.get(group, group) + (f" — {len(bad)} to fix" if bad else "")
         with st.expander(title, expanded=group == "task" or bool(bad)):
             cols = st.columns(3)
             for i, name in enumerate(names):
                 with cols[i % 3]:
                     values[name] = field_widget(name, base[name], key=f"{key_prefix}{name}")
                     if name in errors:
-                        st.error(errors[name], icon="⚠️")
+                        st.error(errors[name], icon=":material/warning:")
     return values

@@ -10,15 +10,14 @@ import streamlit as st
 from webapp.data import DEMO_ID, demo_run
 
 PAGES = {  # page file (relative to webapp/app.py) -> title; app.py builds st.navigation from it
-    "pages/launch.py": "Launch",
-    "pages/runs.py": "Runs",
-    "pages/genotype.py": "Genotype explorer",
-    "pages/compare.py": "Compare",
-    "pages/landscape.py": "Loss landscape",
-    "pages/classroom.py": "Classroom",
+    "views/launch.py": "Launch",
+    "views/runs.py": "Runs",
+    "views/genotype.py": "Genotype explorer",
+    "views/compare.py": "Compare",
+    "views/landscape.py": "Loss landscape",
+    "views/classroom.py": "Classroom",
 }
 ACTIVE = ("queued", "running")
-STATUS_ICON = {"queued": "⏳", "running": "🏃", "succeeded": "✅", "failed": "❌", "cancelled": "⛔"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -55,12 +54,14 @@ def status_panel() -> dict:
     """The system status, in the sidebar of every page."""
     status = refresh_status()
     with st.sidebar:
+        st.markdown("### LAMANAS Studio")
+        st.caption("Meta-learned architectures with learned losses, on Omniglot few-shot tasks.")
         st.caption("System status")
         if not status.get("redis"):
             st.error(
                 "**Redis is not reachable**, so runs cannot be listed or launched. Start the studio with "
                 "`scripts/run` (it starts Redis, a worker and this app), or set `REDIS_URL`.",
-                icon="🔌",
+                icon=":material/power_off:",
             )
             if status.get("error"):
                 st.caption(f"Details: {status['error']}")
@@ -69,14 +70,14 @@ def status_panel() -> dict:
             if workers:
                 devices = sorted({w.get("device") or "?" for w in workers})
                 st.success(f"Redis ✓ · {len(workers)} worker{'s' * (len(workers) != 1)} alive "
-                           f"({', '.join(devices)})", icon="🟢")
+                           f"({', '.join(devices)})", icon=":material/check_circle:")
                 with st.expander("Workers"):
                     for w in workers:
                         busy = f"running `{w['current_run']}`" if w.get("current_run") else "idle"
                         st.markdown(f"**{w.get('name')}** on {w.get('host')} · {w.get('device')} · {busy}")
             else:
                 st.warning("Redis ✓ · **no worker alive**: runs will wait in the queue. Start one with "
-                           "`python -m backend worker`.", icon="🟠")
+                           "`python -m backend worker`.", icon=":material/warning:")
         with st.expander("Access token"):
             st.text_input("Token", type="password", key="token",
                           help="Only needed when the studio was started with LAMANAS_TOKEN.")
@@ -91,7 +92,7 @@ def require_redis() -> None:
     """Stop the page with a clear message when Redis is down."""
     if not redis_ok():
         st.info("This page needs the run store (Redis), which is not reachable — see the status in the sidebar. "
-                "The **Classroom** page works without it.", icon="🔌")
+                "The **Classroom** page works without it.", icon=":material/power_off:")
         st.stop()
 
 
@@ -101,7 +102,7 @@ def safe(fn, *args, default=None, **kwargs):
         return fn(*args, **kwargs)
     except Exception as e:  # redis.ConnectionError, TimeoutError, ...
         if type(e).__module__.startswith(("redis", "socket")) or isinstance(e, (ConnectionError, TimeoutError)):
-            st.error(f"Lost the connection to Redis: {type(e).__name__}: {e}", icon="🔌")
+            st.error(f"Lost the connection to Redis: {type(e).__name__}: {e}", icon=":material/power_off:")
             return default
         raise
 
@@ -111,11 +112,10 @@ def safe(fn, *args, default=None, **kwargs):
 
 
 def run_label(rec: dict) -> str:
-    icon = STATUS_ICON.get(rec.get("status"), "")
     name = rec.get("name") or rec["id"]
     extra = f" · group {rec['group']}" if rec.get("group") else ""
-    return f"{icon} {name} ({rec.get('preset')}{extra}) · {rec['id']}" if name != rec["id"] else \
-        f"{icon} {rec['id']} ({rec.get('preset')}{extra})"
+    ident = f" · {rec['id']}" if name != rec["id"] else ""
+    return f"{name} ({rec.get('preset')}{extra}) · {rec.get('status')}{ident}"
 
 
 def list_runs(include_demo: bool = False) -> list[dict]:
@@ -190,5 +190,5 @@ def landscapes(run_id: str) -> list[dict]:
     return safe(client().landscapes, run_id, default=[]) or []
 
 
-def go_to_run(run_id: str, page: str = "pages/runs.py") -> None:
+def go_to_run(run_id: str, page: str = "views/runs.py") -> None:
     st.switch_page(page, query_params={"run": run_id})

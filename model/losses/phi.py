@@ -1,8 +1,8 @@
 """φ across meta-training: its steps inside a task, its meta-update, and its record.
 
-`PhiLearner` is a thin holder: the maths are the pure functions of `proxies.py`; this class
-binds them to a Config and keeps what must be checkpointed (φ, the meta-optimizer state,
-the per-epoch history).
+`PhiLearner` is a thin binding of the pure functions of `proxies.py` to a Config; φ and
+its meta-state (meta-optimizer moments, per-epoch history) are values the training loop
+holds and checkpoints.
 
 - `mse` / `inner_product` (paper Algorithm 2): each task steps its own copy φ_i at every
   inner step (`task_step`), and the meta-update moves φ toward mean_i φ_i (Reptile, rate
@@ -69,39 +69,42 @@ def grad_cosine(loss: TaskLoss, phi: Params, logits: Tensor, labels: Tensor) -> 
 
 
 class PhiLearner:
-    def __init__(self, cfg, loss: TaskLoss, generator: torch.Generator | None = None):
+    """How φ learns under a Config. Functional: φ and its meta-state are passed in and out
+    (the training loop keeps and checkpoints them); `phi_state` = {"opt": meta-optimizer
+    moments, "t": meta steps taken, "history": per-epoch φ records}."""
+
+    def __init__(self, cfg, loss: TaskLoss):
         if not loss.learned:
             raise ValueError("PhiLearner needs a learned loss (loss=fnn or lstm)")
-        self.cfg, self.loss = cfg, loss
-        self.mode = cfg.phi_update
-        self.phi: Params = loss.init_phi(generator)
+        self.cfg, self.loss, self.mode = cfg, loss, cfg.phi_update
         inner_kind = "adam" if cfg.task_optimizer == "adam" else "sgd"
         self.inner_opt = _optimizer(inner_kind, cfg.lr_phi, 0.0, cfg.adam_beta2)
         self.meta_opt = _optimizer("adam", cfg.lr_phi, 0.9, 0.999)
-        self.meta_state = self.meta_opt.init(self.phi) if self.mode == "meta_gradient" else {}
-        self.meta_t = 0
-        self.history: list[dict] = []
 
     @property
     def learns_in_task(self) -> bool:
         return self.mode in ("mse", "inner_product")
 
-    # ---- inside a task (pure; φ_i may carry a leading task dimension) -----------------
+    def init_phi_state(self, phi: Params) -> dict:
+        return {"opt": self.meta_opt.init(phi) if self.mode == "meta_gradient" else {}, "t": 0, "history": []}
+
+    # ---- inside a task (pure; vmap over tasks) ---------------------------------------
     def init_task_state(self, phi: Params) -> dict:
         return self.inner_opt.init(phi)
 
     def task_objective_grad(self, phi: Params, *, logits: Tensor, labels: Tensor, loss_state=None,
-                            logits_fn=None, params=None, support=None, query=None) -> tuple[Params, Tensor]:
-        """(∇_φ, value) of this run's per-task φ objective for one task (vmap it over tasks).
-        `mse` needs the step's logits/labels; `inner_product` the network function, its
-        parameters, the step's support batch and the query set (`ip_ce_on`)."""
+                            params: Params | None = None, support_fn=None, query_fn=None,
+                            query_labels: Tensor | None = None) -> tuple[Params, Tensor]:
+        """(∇_φ, value) of this run's per-task φ objective on one inner step of one task.
+        `mse` needs the step's support logits/labels; `inner_product` also the network on
+        the support batch and on the query set as functions of `params` (`ip_ce_on`)."""
         if self.mode == "mse":
             return mse_phi_grad(self.loss, phi, logits, labels, loss_state)
         if self.mode == "inner_product":
-            ce_set = query if self.cfg.ip_ce_on == "query" else support
-            return inner_product_phi_grad(self.loss, phi, logits_fn, params, support, ce_set,
-                                          lam=self.cfg.ip_lambda, xi=self.cfg.ip_xi,
-                                          normalize=self.cfg.ip_normalize, state=loss_state)
+            support = (support_fn, labels)
+            ce_batch = (query_fn, query_labels) if self.cfg.ip_ce_on == "query" else support
+            return inner_product_phi_grad(self.loss, phi, params, support, ce_batch, lam=self.cfg.ip_lambda,
+                                          xi=self.cfg.ip_xi, normalize=self.cfg.ip_normalize, state=loss_state)
         raise ValueError(f"phi_update={self.mode!r} does not step φ inside tasks")
 
     def task_step(self, phi: Params, grads: Params, opt_state: dict, t: int) -> tuple[Params, dict]:
@@ -110,41 +113,32 @@ class PhiLearner:
 
     # ---- the meta-update --------------------------------------------------------------
     @torch.no_grad()
-    def meta_update(self, adapted_phi: Params | None = None, meta_grads: Params | None = None) -> dict:
+    def meta_update(self, phi: Params, phi_state: dict, *, adapted_phi: Params | None = None,
+                    meta_grads: Params | None = None) -> tuple[Params, dict, dict]:
         """Reptile toward the task-adapted φ_i (leading task dim), or an Adam step on the
-        task-averaged meta-gradient. Returns phi_norm and phi_step_norm."""
-        old = self.phi
+        task-averaged meta-gradient (leading task dim). Returns (φ, phi_state, row) with
+        row = {phi_norm, phi_step_norm}."""
         if self.mode == "meta_gradient":
-            mean_grad = {k: g.mean(0) if g.dim() > old[k].dim() else g for k, g in meta_grads.items()}
-            self.meta_t += 1
-            self.phi, self.meta_state = self.meta_opt.step(old, mean_grad, self.meta_state, self.meta_t)
+            t = phi_state["t"] + 1
+            mean_grad = {k: g.mean(0) for k, g in meta_grads.items()}
+            new, opt = self.meta_opt.step(phi, mean_grad, phi_state["opt"], t)
+            phi_state = {**phi_state, "opt": opt, "t": t}
         else:
             from ..reptile import reptile_update
             lr = self.cfg.lr_phi_meta
-            self.phi = reptile_update(old, adapted_phi, lr, lr)
-        return {"phi_norm": tree_norm(self.phi),
-                "phi_step_norm": tree_norm({k: self.phi[k] - old[k] for k in old})}
+            new = reptile_update(phi, adapted_phi, lr, lr)
+            phi_state = {**phi_state, "t": phi_state["t"] + 1}
+        row = {"phi_norm": tree_norm(new), "phi_step_norm": tree_norm({k: new[k] - phi[k] for k in phi})}
+        return new, phi_state, row
 
-    def diagnostics(self, logits: Tensor, labels: Tensor) -> dict:
-        """loss_ce_pearson and grad_cosine of the current φ on some logits (e.g. the
-        adapted models' query logits of the epoch)."""
+    def diagnostics(self, phi: Params, logits: Tensor, labels: Tensor) -> dict:
+        """loss_ce_pearson and grad_cosine of φ on some logits (the epoch's query logits)."""
         with torch.enable_grad():
-            return {"loss_ce_pearson": loss_ce_pearson(self.loss, self.phi, logits, labels),
-                    "grad_cosine": grad_cosine(self.loss, self.phi, logits, labels)}
+            return {"loss_ce_pearson": loss_ce_pearson(self.loss, phi, logits, labels),
+                    "grad_cosine": grad_cosine(self.loss, phi, logits, labels)}
 
-    def record(self, epoch: int, row: dict) -> None:
-        self.history.append({"epoch": epoch, **{k: row[k] for k in
-                             ("phi_norm", "phi_step_norm", "loss_ce_pearson", "grad_cosine") if k in row}})
-
-    # ---- checkpoints --------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"phi": {k: v.detach().clone() for k, v in self.phi.items()}, "meta_state": self.meta_state,
-                "meta_t": self.meta_t, "history": list(self.history), "mode": self.mode, "loss": repr(self.loss)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loss.check_phi(state["phi"])
-        if state.get("mode", self.mode) != self.mode:
-            raise ValueError(f"checkpoint φ was learned with phi_update={state['mode']!r}, this run uses {self.mode!r}")
-        self.phi = {k: v.clone() for k, v in state["phi"].items()}
-        self.meta_state, self.meta_t = state["meta_state"], state["meta_t"]
-        self.history = list(state["history"])
+    @staticmethod
+    def record(phi_state: dict, epoch: int, row: dict) -> dict:
+        """phi_state with this epoch's φ record appended to its history."""
+        keys = ("phi_norm", "phi_step_norm", "loss_ce_pearson", "grad_cosine")
+        return {**phi_state, "history": phi_state["history"] + [{"epoch": epoch, **{k: row[k] for k in keys if k in row}}]}

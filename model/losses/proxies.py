@@ -3,8 +3,9 @@
 All functions are pure and built from torch.func transforms, so they vmap over tasks.
 Every objective here is *minimised* (the inner-product proxy returns minus the similarity).
 
-`logits_fn(params, x) -> logits` is the task network as a function of its parameter dict
-(θ and α together; α entries are named `alpha_*`), with temperature, drop-path mask etc.
+A batch of the task network is passed as `(logits_fn, labels)`, where `logits_fn(params)
+-> logits` is the network on that batch as a function of its parameter dict (θ and α
+together; α entries are named `alpha_*`), with the images, temperature and drop-path mask
 already bound by the caller.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.func import grad, grad_and_value, jvp, vjp
 from .base import TaskLoss, per_sample_ce
 
 Params = dict[str, Tensor]
-LogitsFn = Callable[[Params, Tensor], Tensor]
+Batch = tuple[Callable[[Params], Tensor], Tensor]   # (params -> logits, labels)
 EPS = 1e-12
 
 
@@ -61,27 +62,27 @@ def similarity(g_loss: Params, g_ce: Params, lam: float, xi: float, normalize: s
     return torch.as_tensor(total)
 
 
-def ce_param_grad(logits_fn: LogitsFn, params: Params, x: Tensor, y: Tensor) -> Params:
+def ce_param_grad(params: Params, batch: Batch) -> Params:
     """∇_params of the batch cross-entropy; the φ-free half of Eq. 8."""
-    return grad(lambda p: per_sample_ce(logits_fn(p, x), y).mean())(params)
+    logits_fn, y = batch
+    return grad(lambda p: per_sample_ce(logits_fn(p), y).mean())(params)
 
 
-def inner_product_objective(loss: TaskLoss, phi: Params, logits_fn: LogitsFn, params: Params,
-                            support: tuple[Tensor, Tensor], query: tuple[Tensor, Tensor], *,
+def inner_product_objective(loss: TaskLoss, phi: Params, params: Params, support: Batch, ce_batch: Batch, *,
                             lam: float, xi: float, normalize: str, state=None) -> Tensor:
     """−(Eq. 8 similarity), straight from its definition: ∇_params L_φ is built as a
     differentiable function of φ (the `create_graph=True` of eager autograd). The reference
     for `inner_product_phi_grad` and the tests; it differentiates the network twice."""
-    (xs, ys), (xq, yq) = support, query
-    g_ce = ce_param_grad(logits_fn, params, xq, yq)
-    g_loss = grad(lambda p: loss(phi, logits_fn(p, xs), ys, state)[0])(params)
+    support_logits, ys = support
+    g_ce = ce_param_grad(params, ce_batch)
+    g_loss = grad(lambda p: loss(phi, support_logits(p), ys, state)[0])(params)
     return -similarity(g_loss, g_ce, lam, xi, normalize)
 
 
-def inner_product_phi_grad(loss: TaskLoss, phi: Params, logits_fn: LogitsFn, params: Params,
-                           support: tuple[Tensor, Tensor], query: tuple[Tensor, Tensor], *,
+def inner_product_phi_grad(loss: TaskLoss, phi: Params, params: Params, support: Batch, ce_batch: Batch, *,
                            lam: float, xi: float, normalize: str, state=None) -> tuple[Params, Tensor]:
-    """(∇_φ, value) of `inner_product_objective`, exactly, without a double backward through
+    """(∇_φ, value) of `inner_product_objective` (CE on `ce_batch`: the query set, Eq. 6, or
+    the support batch), exactly, without a double backward through
     the network.
 
     φ enters only through a(φ) = ∇_z L_φ(z_s, y_s) on the support logits, and
@@ -90,9 +91,8 @@ def inner_product_phi_grad(loss: TaskLoss, phi: Params, logits_fn: LogitsFn, par
     For `normalize="none"` ∇_b h = −(λ g_θ, ξ g_α) is φ-free (g = ∇_params CE, one VJP), so
     the network is touched by one VJP and one JVP; `cosine` adds the VJP b = J_sᵀ a for the
     norms. The second derivatives are then those of the small loss network only."""
-    (xs, ys), (xq, yq) = support, query
-    g_ce = ce_param_grad(logits_fn, params, xq, yq)
-    support_logits = lambda p: logits_fn(p, xs)  # noqa: E731
+    support_logits, ys = support
+    g_ce = ce_param_grad(params, ce_batch)
     z_s, pull_back = vjp(support_logits, params)
     z_s = z_s.detach()
 

@@ -52,7 +52,8 @@ def launch(preset: str, values: dict, base: dict, name: str, seeds, device: str)
     return ids
 
 
-st.title("🚀 Launch a run")
+ui.status_panel()
+st.title("Launch a run")
 st.caption("Pick a preset, change any field, launch. The config is checked here, field by field, "
            "before anything reaches a worker.")
 preset = pick_preset()
@@ -68,25 +69,25 @@ with st.form("launch_form"):
                                help="One seed launches one run; '1, 2, 3' or '1-5' launch one run per seed, "
                                     "as a group (compare groups on the Compare page).")
     if "seeds" in errors or "seed" in errors:
-        c2.error(errors.get("seeds") or errors.get("seed"), icon="⚠️")
+        c2.error(errors.get("seeds") or errors.get("seed"), icon=":material/warning:")
     device = c3.radio("Device", list(DEVICES), index=list(DEVICES).index(base["device"]), key=f"launch_device_{preset}",
                       format_func=DEVICES.get, horizontal=True)
     if "device" in errors:
-        c3.error(errors["device"], icon="⚠️")
+        c3.error(errors["device"], icon=":material/warning:")
     st.subheader("3 · Configuration")
     values = config_form(base, key_prefix=f"cfg_{preset}_", errors=errors)
     others = {k: v for k, v in errors.items() if k not in values and k not in ("seeds", "seed", "device")}
     for k, v in others.items():
-        st.error(f"**{k}**: {v}", icon="⚠️")
-    submitted = st.form_submit_button("🚀 Launch", type="primary")
+        st.error(f"**{k}**: {v}", icon=":material/warning:")
+    submitted = st.form_submit_button("Launch", icon=":material/rocket_launch:", type="primary")
 
 if errors:
     st.error(f"{len(errors)} field{'s' * (len(errors) != 1)} to fix before launching: {', '.join(errors)}. "
-             "Nothing was enqueued.", icon="⚠️")
+             "Nothing was enqueued.", icon=":material/warning:")
 
 if submitted:
     if not ui.redis_ok():
-        st.error("Redis is not reachable, so nothing can be launched now (see the sidebar).", icon="🔌")
+        st.error("Redis is not reachable, so nothing can be launched now (see the sidebar).", icon=":material/power_off:")
     else:
         result = launch(preset, values, base, name.strip(), parse_seeds(seeds_text), device)
         if isinstance(result, dict):

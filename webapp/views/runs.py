@@ -57,20 +57,20 @@ def actions(rec: dict) -> None:
             ui.forget_rows(run_id)
             return True
         except AuthError as e:
-            st.error(f"{e}: enter it under 'Access token' in the sidebar.", icon="🔒")
+            st.error(f"{e}: enter it under 'Access token' in the sidebar.", icon=":material/lock:")
         except (InvalidState, NotFound) as e:
             st.warning(str(e))
         return False
 
-    if cols[0].button("⛔ Cancel", key="run_cancel", disabled=status not in ui.ACTIVE,
+    if cols[0].button("Cancel", icon=":material/cancel:", key="run_cancel", disabled=status not in ui.ACTIVE,
                       help="A queued run stops at once, a running one after its current meta-epoch."):
         if do(c.cancel, "Cancel requested"):
             st.rerun()
-    if cols[1].button("▶️ Resume", key="run_resume", disabled=status not in ("failed", "cancelled"),
+    if cols[1].button("Resume", icon=":material/play_arrow:", key="run_resume", disabled=status not in ("failed", "cancelled"),
                       help="Continue from the last checkpoint."):
         if do(c.resume, "Resumed"):
             st.rerun()
-    with cols[2].popover("🗑️ Delete"):
+    with cols[2].popover("Delete", icon=":material/delete:"):
         st.write(f"Delete **{rec.get('name')}** with its metrics and files? This cannot be undone.")
         sure = st.checkbox("Yes, delete this run", key="run_delete_sure")
         if st.button("Delete for good", key="run_delete", type="primary", disabled=not sure):
@@ -84,7 +84,7 @@ def headline(rec: dict, rows: list[dict]) -> None:
     summary = rec.get("summary") or {}
     total = rec.get("meta_epochs") or 0
     m = st.columns(5)
-    m[0].metric("Status", f"{ui.STATUS_ICON.get(rec['status'], '')} {rec['status']}")
+    m[0].metric("Status", f"{rec['status']}")
     m[1].metric("Meta-epoch", f"{rec.get('epoch') or 0} / {total}")
     m[2].metric("Query accuracy (last)", f"{last:.1%}" if last is not None else "–",
                 delta=f"best {best:.1%}" if best is not None else None, delta_color="off")
@@ -103,7 +103,7 @@ def headline(rec: dict, rows: list[dict]) -> None:
 
 def charts(rows: list[dict]) -> None:
     if not rows:
-        st.info("No meta-epoch finished yet: the charts appear after the first one.", icon="⏳")
+        st.info("No meta-epoch finished yet: the charts appear after the first one.", icon=":material/hourglass_empty:")
         return
     cs = run_charts(rows)
     for i in range(0, len(cs), 2):
@@ -161,37 +161,37 @@ def run_page(run_id: str) -> None:
             st.rerun()
         return
     top = st.columns([6, 1])
-    top[0].title(f"📈 {rec.get('name') or run_id}")
+    top[0].title(f"{rec.get('name') or run_id}")
     if top[1].button("← All runs", key="run_back"):
         st.query_params.pop("run", None)
         st.rerun()
     actions(rec)
     if rec["status"] == "failed":
-        st.error(f"**This run failed:** {rec.get('error') or 'no message'}", icon="❌")
+        st.error(f"**This run failed:** {rec.get('error') or 'no message'}", icon=":material/error:")
         if rec.get("traceback"):
             with st.expander("Traceback", expanded=False):
                 st.code(rec["traceback"], language="python")
     elif rec["status"] == "cancelled":
-        st.info("This run was cancelled; **Resume** continues from its last checkpoint.", icon="⛔")
+        st.info("This run was cancelled; **Resume** continues from its last checkpoint.", icon=":material/cancel:")
     elif rec["status"] == "queued" and not ui.system_status().get("workers"):
-        st.warning("No worker is alive: this run waits in the queue until one starts.", icon="🟠")
+        st.warning("No worker is alive: this run waits in the queue until one starts.", icon=":material/warning:")
     active = rec["status"] in ui.ACTIVE
     st.fragment(live, run_every=REFRESH_SECONDS if active else None)(run_id, rec["status"])
     c1, c2 = st.columns(2)
-    c1.page_link("pages/genotype.py", label="Open in the Genotype explorer", icon="🧬", query_params={"run": run_id})
+    c1.page_link("views/genotype.py", label="Open in the Genotype explorer", icon=":material/account_tree:", query_params={"run": run_id})
     if (rec.get("config") or {}).get("loss") in ("fnn", "lstm"):
-        c2.page_link("pages/landscape.py", label="Open its loss landscapes", icon="🗺️", query_params={"run": run_id})
+        c2.page_link("views/landscape.py", label="Open its loss landscapes", icon=":material/landscape:", query_params={"run": run_id})
     downloads(rec)
     with st.expander("Config"):
         st.json(rec.get("config") or {}, expanded=False)
 
 
 def list_page() -> None:
-    st.title("📈 Runs")
+    st.title("Runs")
     ui.require_redis()
     records = ui.list_runs(include_demo=True)
     if not records:
-        st.info("No runs yet: launch one on the **Launch** page (the `smoke` preset finishes in seconds).", icon="🚀")
+        st.info("No runs yet: launch one on the **Launch** page (the `smoke` preset finishes in seconds).", icon=":material/rocket_launch:")
         return
     active = any(r["status"] in ui.ACTIVE for r in records)
 
@@ -210,6 +210,7 @@ def list_page() -> None:
         st.rerun()
 
 
+ui.status_panel()
 if st.query_params.get("run"):
     run_page(st.query_params["run"])
 else:
