@@ -32,7 +32,6 @@ class Settings:
     def from_env(cls, **overrides) -> "Settings":
         env = dict(
             redis_url=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
-            prefix=os.environ.get("LAMANAS_PREFIX", "lamanas"),
             artifacts_dir=os.environ.get("LAMANAS_ARTIFACTS", "artifacts"),
             data_root=os.environ.get("LAMANAS_DATA") or None,
             token=os.environ.get("LAMANAS_TOKEN") or None,

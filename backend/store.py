@@ -151,7 +151,7 @@ class RunStore:
                     continue
 
     def update(self, run_id: str, fn: Callable[[dict | None], dict | None],
-               also: Callable | None = None, watch: tuple = ()) -> dict | None:
+               also: Callable | None = None) -> dict | None:
         """Apply fn to the record atomically; fn returns the new record or None (no change).
         `also(pipe)` queues more writes in the same transaction."""
         key = self.k.run(run_id)
@@ -166,7 +166,7 @@ class RunStore:
                 if also:
                     also(p)
             return new, queue
-        return self.transact([key, *watch], body)
+        return self.transact([key], body)
 
     def delete(self, run_id: str) -> dict | None:
         """Remove the record and its streams; a running attempt sees the cancel flag and stops."""

@@ -14,11 +14,14 @@ from torch import nn
 
 def batch_norm(x, weight=None, bias=None, stats_from: int | None = None, eps: float = 1e-5):
     if stats_from is None:
-        return F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
-    ref = x[:stats_from]
-    mean = ref.mean(dim=(0, 2, 3), keepdim=True)
-    var = ref.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + eps)
+        # affine applied below, not by F.batch_norm: its weight/bias path has a wrong double
+        # backward under vmap(grad) (torch 2.14), which broke second-order MAML/meta_gradient
+        y = F.batch_norm(x, None, None, None, None, training=True, eps=eps)
+    else:
+        ref = x[:stats_from]
+        mean = ref.mean(dim=(0, 2, 3), keepdim=True)
+        var = ref.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + eps)
     if weight is not None:
         y = y * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
     return y

@@ -90,7 +90,14 @@ class SuperNet(nn.Module):
         self.skip_zero = False  # set by the per-task loop engine; vmap cannot branch on values
         C = cfg.channels
         C_stem = cfg.stem_multiplier * C
-        self.stem_conv = nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False)
+        self.warnings: list[str] = []  # recorded in run.json by train()
+        if cfg.stem == "resnet":  # ResNet-18 layers (paper section 5)
+            from .resnet_stem import ResNetStem
+
+            self.stem_resnet = ResNetStem(in_channels, C_stem, cfg.resnet_weights, cfg.resnet_trainable)
+            self.warnings += self.stem_resnet.warnings
+        else:
+            self.stem_conv = nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False)
         self.stem_bn = BN(C_stem, affine=True)
         C_pp, C_p = C_stem, C_stem
         cells, reduction_prev = [], False
@@ -132,7 +139,8 @@ class SuperNet(nn.Module):
         """Logits. `drop_mask`: (cells, edges, ops, batch) keep-masks already scaled by 1/(1-p)."""
         w = {k: self.edge_weights(getattr(self, f"alpha_{k}"), temp) for k in ("normal", "reduce")}
         iw = {k: self.input_weights(k, temp) for k in ("normal", "reduce")}
-        s0 = s1 = self.stem_bn(self.stem_conv(x), stats_from)
+        stem = self.stem_resnet(x, stats_from) if hasattr(self, "stem_resnet") else self.stem_conv(x)
+        s0 = s1 = self.stem_bn(stem, stats_from)
         for c, cell in enumerate(self.cells):
             kind = "reduce" if cell.reduction else "normal"
             mask = None if drop_mask is None else drop_mask[c]

@@ -126,10 +126,10 @@ class TaskLearner:
             return g
         return vmap(g, in_dims=(0, 0, 0, 0, None, 0 if has_mask else None, 0))
 
-    def _phi_grad(self, phi, params, x, y, logits, loss_state, temp, drop_mask, query_x, query_y):
+    def _phi_grad(self, phi, params, x, y, logits, loss_grads, loss_state, temp, drop_mask, query_x, query_y):
         """(∇_φ, value) of the φ objective on one task's inner step (see model.losses.phi)."""
         return self.phi_learner.task_objective_grad(
-            phi, logits=logits, labels=y, loss_state=loss_state or None, params=params,
+            phi, logits=logits, labels=y, loss_state=loss_state or None, params=params, loss_grads=loss_grads,
             support_fn=lambda p: self.logits(p, x, temp, drop_mask),
             query_fn=None if query_x is None else (lambda p: self.logits(p, query_x, temp)), query_labels=query_y)
 
@@ -194,8 +194,8 @@ class TaskLearner:
                 loss_state = _stack_trees([o[1][1] for o in outs])
             if learn_phi:
                 phi_grads, value = self._map_tasks(
-                    self._phi_grad, (phi, params, x, y, logits, step_state, temps[s], mask, query_x, query_y),
-                    batched=(True, True, True, True, True, True, False, mask is not None, query_x is not None,
+                    self._phi_grad, (phi, params, x, y, logits, grads, step_state, temps[s], mask, query_x, query_y),
+                    batched=(True, True, True, True, True, True, True, False, mask is not None, query_x is not None,
                              query_y is not None))
                 phi, phi_opt = self.phi_learner.task_step(phi, phi_grads, phi_opt, s + 1)
                 phi_objective.append(float(value.mean()))

@@ -171,6 +171,10 @@ def test_inner_product_phi_grad_matches_finite_differences(loss, normalize):
 
     fast, value = inner_product_phi_grad(loss, phi, params, support, query, **kw)
     assert torch.allclose(value, objective(phi), rtol=1e-10, atol=1e-12)
+    # the task learner hands over its step's logits and ∇_params L_φ: same result
+    step = (support[0](params), grad(lambda p: loss(phi, support[0](p), support[1], kw["state"])[0])(params))
+    reused, value2 = inner_product_phi_grad(loss, phi, params, support, query, step=step, **kw)
+    assert torch.allclose(value2, value, rtol=1e-12) and all(torch.allclose(reused[k], fast[k], rtol=1e-10) for k in phi)
     reference = grad(objective)(phi)                 # double backward through the network
     for k in phi:
         assert torch.allclose(fast[k], reference[k], rtol=1e-7, atol=1e-10), k
@@ -237,8 +241,9 @@ def _sgd_adapt(loss, params, support, steps=2, lr=0.3):
 @pytest.mark.parametrize("mode", ["mse", "inner_product", "inner_product_none", "meta_gradient"])
 @pytest.mark.parametrize("net", ["fnn", "lstm"])
 def test_every_phi_step_lowers_its_objective(mode, net):
-    """At the config's own rates (lr_phi = 1e-3), on fresh batches, the objective φ stepped
-    on is lower after the step than before: φ moves for a reason."""
+    """At the config's own rates (lr_phi = 1e-3), over consecutive steps on fresh batches,
+    the objective each φ step was taken on is lower after it than before: φ moves for a
+    reason."""
     normalize = "none" if mode.endswith("_none") else "cosine"
     phi_update = mode.replace("_none", "")
     cfg = _cfg(loss=net, loss_hidden=8, lstm_layers=2, phi_update=phi_update, ip_normalize=normalize,
@@ -247,6 +252,7 @@ def test_every_phi_step_lowers_its_objective(mode, net):
     learner = PhiLearner(cfg, loss)
     phi = loss.init_phi(gen(5))
     phi_state = learner.init_phi_state(phi)
+    task_opt = learner.init_task_state(phi)       # carried over the steps, as inside a task
     params = tiny_params(dtype=torch.float32)
     for trial in range(4):
         (xs, ys), (xq, yq) = images(seed=10 * trial, dtype=torch.float32), images(seed=10 * trial + 1, dtype=torch.float32)
@@ -260,7 +266,7 @@ def test_every_phi_step_lowers_its_objective(mode, net):
             kw = dict(logits=tiny_net(params, xs), labels=ys, params=params, support_fn=on_net(xs, ys)[0],
                       query_fn=on_net(xq, yq)[0], query_labels=yq)
             g, before = learner.task_objective_grad(phi, **kw)
-            phi, _ = learner.task_step(phi, g, learner.init_task_state(phi), 1)
+            phi, task_opt = learner.task_step(phi, g, task_opt, trial + 1)
             after = learner.task_objective_grad(phi, **kw)[1]
         assert float(after) < float(before), (trial, float(before), float(after))
 

@@ -54,7 +54,9 @@ def metric_chart(rows: list[dict], columns: list[str], title: str, y_title: str 
 
 
 def accuracy_chart(rows: list[dict]) -> alt.Chart:
-    return metric_chart(rows, ["train_accuracy"], "Query accuracy per meta-epoch", "accuracy")
+    chart = metric_chart(rows, ["train_accuracy"], "Query accuracy per meta-epoch", "accuracy")
+    return chart.encode(y=alt.Y("value:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]),
+                                axis=alt.Axis(format="%")))
 
 
 def loss_chart(rows: list[dict]) -> alt.Chart:
@@ -108,18 +110,19 @@ def alpha_frame(alpha: dict, cell: str = "normal") -> pd.DataFrame:
 def alpha_heatmap(alpha: dict, cell: str = "normal") -> alt.Chart:
     df = alpha_frame(alpha, cell)
     base = alt.Chart(df).encode(
-        x=alt.X("op:N", sort=list(alpha["ops"]), title=None, axis=alt.Axis(labelAngle=-35)),
+        x=alt.X("op:N", sort=list(alpha["ops"]), title=None, axis=alt.Axis(labelAngle=-40, orient="top")),
         y=alt.Y("edge:N", sort=edge_names(len(alpha[cell])), title="edge (input → node)"),
     )
     rect = base.mark_rect().encode(
-        color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="weight"),
+        color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="weight",
+                        legend=alt.Legend(orient="bottom", gradientLength=160)),
         tooltip=["edge:N", "op:N", alt.Tooltip("weight:Q", format=".3f")],
     )
     text = base.mark_text(fontSize=10).encode(
         text=alt.Text("weight:Q", format=".2f"),
         color=alt.condition(alt.datum.weight > 0.5, alt.value("white"), alt.value("black")),
     )
-    return alt.layer(rect, text, title=f"softmax(α), {cell} cell").properties(height=max(120, 22 * len(alpha[cell])))
+    return alt.layer(rect, text, title=f"softmax(α), {cell} cell").properties(width=alt.Step(48), height=alt.Step(24))
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,12 +153,13 @@ def band_frame(series: dict[str, list[list[dict]]], metric: str) -> pd.DataFrame
 def compare_chart(series: dict[str, list[list[dict]]], metric: str = "train_accuracy") -> alt.Chart:
     """Overlaid curves: the mean across seeds as a line, ± one std as a band."""
     df = band_frame(series, metric)
-    base = alt.Chart(df).encode(
-        x=alt.X("epoch:Q", title="meta-epoch"),
-        color=alt.Color("label:N", legend=alt.Legend(orient="bottom", title=None)),
-    )
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=METRICS.get(metric, metric)), y2="hi:Q")
-    line = base.mark_line().encode(
+    color = alt.Color("label:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom", title=None))
+    base = alt.Chart(df).encode(x=alt.X("epoch:Q", title="meta-epoch"))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=METRICS.get(metric, metric)), y2="hi:Q",
+                                              color=alt.Color("label:N", scale=alt.Scale(scheme="tableau10"),
+                                                              legend=None))
+    line = base.mark_line(point=df["epoch"].nunique() <= 40 if len(df) else False).encode(
+        color=color,
         y="mean:Q", tooltip=["label:N", "epoch:Q", alt.Tooltip("mean:Q", format=".4g"), "n:Q"]
     )
     return alt.layer(band, line, title=f"{METRICS.get(metric, metric)} (mean ± std across seeds)").properties(height=300)

@@ -114,8 +114,8 @@ def runs_frame(records: list[dict], stats: dict[str, tuple] | None = None, now: 
             "worker": r.get("worker") or "", "device": r.get("device") or "",
             "started": fmt_time(r.get("started")), "duration": fmt_seconds(duration(r, now)),
         })
-    cols = ["id", "name", "preset", "group", "status", "progress", "epoch", "best acc", "last acc", "test acc",
-            "loss", "worker", "device", "started", "duration"]
+    cols = ["name", "preset", "group", "status", "progress", "epoch", "best acc", "last acc", "test acc",
+            "loss", "worker", "device", "started", "duration", "id"]
     return pd.DataFrame(out, columns=cols)
 
 
@@ -213,7 +213,7 @@ def sample_task(images: Path, n_way: int = 5, k_shot: int = 1, n_query: int = 1,
             chars.append(char)
     support, query = {}, []
     for char in chars:
-        label = f"{char.parent.name.replace('(', '').replace(')', '')} {char.name}"[:64]
+        label = f"{char.parent.name.replace('(', '').replace(')', '').replace('_', ' ')} {char.name}"[:64]
         drawings = rng.sample(sorted(char.glob("*.png")), k_shot + n_query)
         support[label] = drawings[:k_shot]
         query += [(p, label) for p in drawings[k_shot:]]

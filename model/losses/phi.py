@@ -94,17 +94,20 @@ class PhiLearner:
 
     def task_objective_grad(self, phi: Params, *, logits: Tensor, labels: Tensor, loss_state=None,
                             params: Params | None = None, support_fn=None, query_fn=None,
-                            query_labels: Tensor | None = None) -> tuple[Params, Tensor]:
+                            query_labels: Tensor | None = None, loss_grads: Params | None = None
+                            ) -> tuple[Params, Tensor]:
         """(∇_φ, value) of this run's per-task φ objective on one inner step of one task.
         `mse` needs the step's support logits/labels; `inner_product` also the network on
-        the support batch and on the query set as functions of `params` (`ip_ce_on`)."""
+        the support batch and on the query set as functions of `params` (`ip_ce_on`), and
+        reuses the step's ∇_params L_φ (`loss_grads`) when given."""
         if self.mode == "mse":
             return mse_phi_grad(self.loss, phi, logits, labels, loss_state)
         if self.mode == "inner_product":
             support = (support_fn, labels)
             ce_batch = (query_fn, query_labels) if self.cfg.ip_ce_on == "query" else support
             return inner_product_phi_grad(self.loss, phi, params, support, ce_batch, lam=self.cfg.ip_lambda,
-                                          xi=self.cfg.ip_xi, normalize=self.cfg.ip_normalize, state=loss_state)
+                                          xi=self.cfg.ip_xi, normalize=self.cfg.ip_normalize, state=loss_state,
+                                          step=None if loss_grads is None else (logits, loss_grads))
         raise ValueError(f"phi_update={self.mode!r} does not step φ inside tasks")
 
     def task_step(self, phi: Params, grads: Params, opt_state: dict, t: int) -> tuple[Params, dict]:

@@ -80,7 +80,8 @@ def inner_product_objective(loss: TaskLoss, phi: Params, params: Params, support
 
 
 def inner_product_phi_grad(loss: TaskLoss, phi: Params, params: Params, support: Batch, ce_batch: Batch, *,
-                           lam: float, xi: float, normalize: str, state=None) -> tuple[Params, Tensor]:
+                           lam: float, xi: float, normalize: str, state=None,
+                           step: tuple[Tensor, Params] | None = None) -> tuple[Params, Tensor]:
     """(∇_φ, value) of `inner_product_objective` (CE on `ce_batch`: the query set, Eq. 6, or
     the support batch), exactly, without a double backward through
     the network.
@@ -90,11 +91,17 @@ def inner_product_phi_grad(loss: TaskLoss, phi: Params, params: Params, support:
         ∇_φ h = (∂a/∂φ)ᵀ J_s ∇_b h = (∂a/∂φ)ᵀ c,   c = J_s ∇_b h  (one JVP).
     For `normalize="none"` ∇_b h = −(λ g_θ, ξ g_α) is φ-free (g = ∇_params CE, one VJP), so
     the network is touched by one VJP and one JVP; `cosine` adds the VJP b = J_sᵀ a for the
-    norms. The second derivatives are then those of the small loss network only."""
+    norms. The second derivatives are then those of the small loss network only.
+
+    `step` = (support logits, ∇_params L_φ) when the task step has computed them already at
+    these params on this batch (the task learner has): it saves that forward and VJP."""
     support_logits, ys = support
     g_ce = ce_param_grad(params, ce_batch)
-    z_s, pull_back = vjp(support_logits, params)
-    z_s = z_s.detach()
+    if step is None:
+        z_s, pull_back = vjp(support_logits, params)
+        z_s = z_s.detach()
+    else:
+        z_s, b = step[0].detach(), step[1]
 
     def loss_slope(p):  # a(φ) = ∇_z L_φ(z_s, y_s), a differentiable function of φ
         return grad(lambda z: loss(p, z, ys, state)[0])(z_s)
@@ -103,7 +110,8 @@ def inner_product_phi_grad(loss: TaskLoss, phi: Params, params: Params, support:
     if normalize == "none":
         weighted = {k: -(xi if is_arch(k) else lam) * g for k, g in g_ce.items()}
     else:
-        b = pull_back(a)[0]
+        if step is None:
+            b = pull_back(a)[0]
         weighted = grad(lambda b_: -similarity(b_, g_ce, lam, xi, normalize))(b)
         value = -similarity(b, g_ce, lam, xi, normalize)
     _, c = jvp(support_logits, (params,), (weighted,))

@@ -81,7 +81,7 @@ def demo_tab() -> None:
             col.markdown(f"**{cell} cell**")
             col.graphviz_chart(cell_dot(genotype, alpha, cell), width="stretch")
             if alpha:
-                col.altair_chart(alpha_heatmap(alpha, cell), width="stretch")
+                col.altair_chart(alpha_heatmap(alpha, cell), width="content")
     st.page_link("views/genotype.py", label="Explore it in the Genotype explorer", icon=":material/account_tree:",
                  query_params={"run": "demo:shipped"})
 

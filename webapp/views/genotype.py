@@ -38,7 +38,7 @@ def cell_view(run_id: str, genotype: dict, alpha: dict | None, cell: str, suffix
     except Exception as e:  # graphviz.ExecutableNotFound: no `dot` program
         cols[0].caption(f"No SVG/PNG export: {type(e).__name__} (install Graphviz).")
     if alpha and cell in alpha:
-        st.altair_chart(alpha_heatmap(alpha, cell), width="stretch")
+        st.altair_chart(alpha_heatmap(alpha, cell), width="content")
 
 
 ui.status_panel()

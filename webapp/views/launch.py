@@ -10,7 +10,7 @@ from model.presets import PRESETS
 from webapp import ui
 from webapp.forms import config_form, overrides, parse_seeds
 
-DEVICES = {"auto": "auto (GPU when the worker has one)", "cuda": "GPU", "cpu": "CPU"}
+DEVICES = {"auto": "auto", "cuda": "GPU", "cpu": "CPU"}
 
 
 def pick_preset() -> str:
@@ -71,7 +71,9 @@ with st.form("launch_form"):
     if "seeds" in errors or "seed" in errors:
         c2.error(errors.get("seeds") or errors.get("seed"), icon=":material/warning:")
     device = c3.radio("Device", list(DEVICES), index=list(DEVICES).index(base["device"]), key=f"launch_device_{preset}",
-                      format_func=DEVICES.get, horizontal=True)
+                      format_func=DEVICES.get, horizontal=True,
+                      help="auto: the GPU when the worker that takes the run has one, else its CPU. GPU runs wait "
+                           "for a GPU worker.")
     if "device" in errors:
         c3.error(errors["device"], icon=":material/warning:")
     st.subheader("3 · Configuration")
