@@ -211,6 +211,10 @@ def _check_combinations(c: Config) -> dict[str, str]:
         e["lstm_state"] = "across_steps applies to loss=lstm only"
     if c.stem == "resnet" and c.resnet_weights and not c.resnet_weights.endswith((".pth", ".pt")):
         e["resnet_weights"] = "must be a local .pth/.pt file path"
+    if c.stem != "resnet" and c.resnet_weights:
+        e["resnet_weights"] = "applies to stem=resnet only"
+    if c.stem != "resnet" and c.resnet_trainable:
+        e["resnet_trainable"] = "applies to stem=resnet only"
     return e
 
 

@@ -11,6 +11,11 @@ only records the SGD updates, and the outer torch.autograd.grad differentiates t
 each step's torch.func.grad. Φ_K must then be SGD: Adam with β1 = 0 takes sign-like
 steps whose derivative is ≈ 0 (the config refuses that combination).
 
+Memory: second order keeps every inner step's graph, ∝ tasks x K x activations (the paper
+supernet: ~10 GB per task). engine=vmap adapts the meta-batch together (fast on a GPU,
+memory x meta_batch); engine=loop, with cross-entropy, does one task at a time and sums
+the meta-gradients, so only one task's graph is alive.
+
 First order (FOMAML): the gradient of the query loss at the adapted parameters, applied
 to the meta-parameters (Φ_K's Jacobian taken as the identity); any task optimizer works.
 
@@ -22,6 +27,7 @@ by Reptile.
 from __future__ import annotations
 
 import math
+import types
 
 import torch
 
@@ -30,6 +36,7 @@ from .task_learner import TaskOptimizer, expand, query_metrics
 
 # Adam's usual moments for the meta-optimizer (its rates come from lr_*_meta).
 META_BETAS = (0.9, 0.999)
+BATCH_FIELDS = ("support_x", "support_y", "query_x", "query_y")
 
 
 def differentiable_adapt(learner, params: dict, phi: dict, support_x, support_y, *, key: tuple, task_id: int,
@@ -46,15 +53,18 @@ def differentiable_adapt(learner, params: dict, phi: dict, support_x, support_y,
     return {k: v[0] for k, v in adapted.items()}, stats
 
 
-def maml_gradients(learner, meta: dict, phi: dict, batch, cfg, epoch: int, *, second_order: bool):
+def maml_gradients(learner, meta: dict, phi: dict, batch, cfg, epoch: int, *, second_order: bool,
+                   task_ids: list[int] | None = None):
     """The MAML meta-gradient of mean_i CE_query,i(Φ_K(θ, α; support_i)) w.r.t. the
-    meta-parameters, for the tasks of `batch`.
+    meta-parameters, for the tasks of `batch` (their ids key the random draws; default
+    0..T-1).
 
     Returns (grads {name: tensor like meta}, per-task query CE (T,), per-task query accuracy
     (T,), detached query logits (T, Q, n), adapted params (T, ...), step statistics,
     task_phi). The adapted params keep their graph when the meta-gradient went through
     the inner loop, so `learner.phi_meta_update` can still differentiate w.r.t. task_phi."""
     T = batch.support_x.shape[0]
+    task_ids = list(range(T)) if task_ids is None else list(task_ids)
     phi_learner = learner.phi_learner  # None for cross-entropy
     by_meta_gradient = phi_learner is not None and phi_learner.mode == "meta_gradient"
     task_phi = expand(phi, T)
@@ -68,7 +78,7 @@ def maml_gradients(learner, meta: dict, phi: dict, batch, cfg, epoch: int, *, se
         start = expand(meta, T)
     adapted, stats = learner.adapt(
         start, task_phi, batch.support_x, batch.support_y,
-        key=(cfg.seed, epoch), task_ids=list(range(T)), steps=cfg.inner_steps,
+        key=(cfg.seed, epoch), task_ids=task_ids, steps=cfg.inner_steps,
         batch=cfg.inner_batch, drop_p=cfg.drop_path,
         learn_phi=True, query_x=batch.query_x, query_y=batch.query_y,
         differentiable=second_order or by_meta_gradient,
@@ -106,8 +116,13 @@ def maml_epoch(learner, meta: dict, phi: dict, meta_state: dict, batch, cfg, epo
     the task-averaged meta-gradient. The meta-optimizer's state is meta_state["maml"]."""
     from .train import meta_lrs
 
-    grads, ce, acc, logits, adapted, stats, task_phi = maml_gradients(
-        learner, meta, phi, batch, cfg, epoch, second_order=cfg.maml_order == "second")
+    second_order = cfg.maml_order == "second"
+    if second_order and learner.engine == "loop" and learner.phi_learner is None:
+        grads, ce, acc, logits, stats = _task_by_task(learner, meta, phi, batch, cfg, epoch)
+        adapted = task_phi = None
+    else:
+        grads, ce, acc, logits, adapted, stats, task_phi = maml_gradients(
+            learner, meta, phi, batch, cfg, epoch, second_order=second_order)
     if learner.phi_learner is not None:
         phi, meta_state, phi_row = learner.phi_meta_update(phi, meta_state, batch=batch, adapted=adapted, stats=stats,
                                                            task_phi=task_phi, query_logits=logits)
@@ -120,6 +135,23 @@ def maml_epoch(learner, meta: dict, phi: dict, meta_state: dict, batch, cfg, epo
            "meta_grad_norm_theta": _norm(g for k, g in grads.items() if not is_arch(k)),
            "meta_grad_norm_alpha": _norm(g for k, g in grads.items() if is_arch(k)), **stats}
     return meta, phi, meta_state, row
+
+
+def _task_by_task(learner, meta, phi, batch, cfg, epoch):
+    """Second-order meta-gradient one task at a time (engine=loop, cross-entropy): each
+    task's inner-loop graph is freed before the next is built, so memory is that of one
+    task, not meta_batch of them (paper-maml: ~10 GB per task on a CPU). Same draws and,
+    up to summation order, the same result as all tasks together."""
+    T = batch.support_x.shape[0]
+    grads, ce, acc, logits, inner = None, [], [], [], []
+    for i in range(T):
+        task = types.SimpleNamespace(**{f: getattr(batch, f)[i:i + 1] for f in BATCH_FIELDS})
+        g, ce_i, acc_i, logits_i, _, stats_i, _ = maml_gradients(learner, meta, phi, task, cfg, epoch,
+                                                                 second_order=True, task_ids=[i])
+        grads = g if grads is None else {k: grads[k] + g[k] for k in grads}
+        ce.append(ce_i), acc.append(acc_i), logits.append(logits_i), inner.append(stats_i)
+    stats = {k: sum(s[k] for s in inner) / T for k in ("inner_ce_first", "inner_ce_last")}
+    return {k: v / T for k, v in grads.items()}, torch.cat(ce), torch.cat(acc), torch.cat(logits), stats
 
 
 def _norm(tensors) -> float:

@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Speed switches (numerically equivalent paths; tests compare both). A dilated depthwise
+# convolution runs as a dense depthwise convolution whose kernel has zeros between the taps:
+# oneDNN's dilated depthwise kernels are 2-3x slower than its dense ones on CPU.
+DILATED_AS_DENSE = True
+
 
 def batch_norm(x, weight=None, bias=None, stats_from: int | None = None, eps: float = 1e-5):
     if stats_from is None:
@@ -38,15 +43,19 @@ class BN(nn.Module):
 
 
 class ReLUConvBN(nn.Module):
-    """ReLU -> one or more convolutions -> BN (the DARTS StdConv / FacConv / DilConv shape)."""
+    """ReLU -> one or more convolutions -> BN (the DARTS StdConv / FacConv / DilConv shape).
+    `relu_done=True`: x is already ReLU'd (MixedOp applies one ReLU per edge input)."""
+
+    relu_first = True
 
     def __init__(self, convs: list[nn.Conv2d], channels: int):
         super().__init__()
         self.convs = nn.ModuleList(convs)
         self.bn = BN(channels, affine=False)
 
-    def forward(self, x, stats_from=None):
-        x = F.relu(x)
+    def forward(self, x, stats_from=None, relu_done=False):
+        if not relu_done:
+            x = F.relu(x)
         for conv in self.convs:
             x = conv(x)
         return self.bn(x, stats_from)
@@ -61,8 +70,10 @@ class SepConv(nn.Module):
         self.first = ReLUConvBN([_dw(C, k, stride, p, 1), _pw(C)], C)
         self.second = ReLUConvBN([_dw(C, k, 1, p, 1), _pw(C)], C)
 
-    def forward(self, x, stats_from=None):
-        return self.second(self.first(x, stats_from), stats_from)
+    relu_first = True
+
+    def forward(self, x, stats_from=None, relu_done=False):
+        return self.second(self.first(x, stats_from, relu_done), stats_from)
 
 
 class Pool(nn.Module):
@@ -93,14 +104,36 @@ class FactorizedReduce(nn.Module):
         self.conv_b = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
         self.bn = BN(C_out, affine=False)
 
-    def forward(self, x, stats_from=None):
-        x = F.relu(x)
+    relu_first = True
+
+    def forward(self, x, stats_from=None, relu_done=False):
+        if not relu_done:
+            x = F.relu(x)
         shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
         return self.bn(torch.cat([self.conv_a(x), self.conv_b(shifted)], dim=1), stats_from)
 
 
+class DepthwiseConv(nn.Conv2d):
+    """Depthwise convolution; a dilated one runs as a dense kernel with zeros between taps
+    (same result, same parameter: `weight` keeps its (C, 1, k, k) shape)."""
+
+    def forward(self, x):
+        d = self.dilation[0]
+        if d == 1 or not DILATED_AS_DENSE:
+            return super().forward(x)
+        return F.conv2d(x, dilate_kernel(self.weight, d), None, self.stride, self.padding, 1, self.groups)
+
+
+def dilate_kernel(w, d: int):
+    """(.., kh, kw) kernel -> (.., (kh-1)d+1, (kw-1)d+1) with d-1 zeros between taps."""
+    kh, kw = w.shape[-2:]
+    w = torch.stack([w] + [torch.zeros_like(w)] * (d - 1), dim=-1).flatten(-2)[..., : (kw - 1) * d + 1]
+    w = torch.stack([w] + [torch.zeros_like(w)] * (d - 1), dim=-2).flatten(-3, -2)[..., : (kh - 1) * d + 1, :]
+    return w
+
+
 def _dw(C, k, stride, pad, dilation):
-    return nn.Conv2d(C, C, k, stride, pad, dilation=dilation, groups=C, bias=False)
+    return DepthwiseConv(C, C, k, stride, pad, dilation=dilation, groups=C, bias=False)
 
 
 def _pw(C):

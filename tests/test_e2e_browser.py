@@ -106,6 +106,7 @@ def idle(page) -> None:
 def shot(page, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
+    page.wait_for_timeout(1000)  # let Vega and Graphviz finish drawing
     page.screenshot(path=str(path), full_page=True)
     return path
 
@@ -186,6 +187,10 @@ def test_launch_watch_explore_cancel_compare(stack, page):
 
     # 6. the other pages render without an exception
     assert client.get(fnn_id)["status"] == "succeeded"
+    page.goto(f"{url}/runs?run={fnn_id}")
+    idle(page)
+    page.get_by_text("Learned loss vs cross-entropy").wait_for()
+    shot(page, "run-learned-loss")
     page.goto(f"{url}/landscape?run={fnn_id}")
     idle(page)
     assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 2
@@ -195,3 +200,24 @@ def test_launch_watch_explore_cancel_compare(stack, page):
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.get_by_text("Support set").count() >= 1
     shot(page, "classroom")
+
+    # 7. Classroom "try it": draw a character in the browser (streamlit-drawable-canvas)
+    page.get_by_role("tab", name="5 · Try it").click()
+    page.get_by_text("My own images").click()
+    idle(page)
+    canvas = page.locator("canvas.upper-canvas").first
+    canvas.wait_for(timeout=30_000)
+    canvas.scroll_into_view_if_needed()
+    canvas.hover()
+    box = canvas.bounding_box()  # after scrolling
+    page.mouse.move(box["x"] + 30, box["y"] + 30, steps=3)
+    page.mouse.down()
+    for i in range(10):  # Fabric.js needs a real, paced stroke
+        page.mouse.move(box["x"] + 30 + 8 * i, box["y"] + 30 + 6 * i, steps=2)
+        page.wait_for_timeout(30)
+    page.mouse.up()
+    page.wait_for_timeout(1500)
+    idle(page)
+    page.get_by_role("button", name="Add drawing").first.click()
+    page.get_by_text("1 drawing added").wait_for(timeout=30_000)
+    shot(page, "classroom-draw")

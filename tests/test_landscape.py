@@ -94,3 +94,15 @@ def test_render_landscapes_writes_pngs(tmp_path):
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError):
         L.render_landscapes(tmp_path / "out", tmp_path / "out2")
+
+
+def test_cli_renders_a_run_directory(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from model.__main__ import main
+
+    loss = FNNLoss(N_WAY, 8)
+    rec = L.LandscapeRecorder(tmp_path, loss, every=1, grid=5)
+    rec.record(1, loss.init_phi(gen(1)), ref_batch)
+    assert main(["landscape", str(tmp_path), "--out", str(tmp_path / "png")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 2 and all(p.endswith(".png") for p in printed)

@@ -396,6 +396,49 @@ def test_inner_product_phi_grad_on_the_real_supernet(normalize):
     assert torch.allclose(analytic, _directional_fd(objective, phi, direction), rtol=1e-4)
 
 
+
+# ---- integrated in the task learner -------------------------------------------------------------
+
+@pytest.mark.parametrize("over", [
+    pytest.param(dict(loss="fnn", phi_update="mse"), id="fnn-mse"),
+    pytest.param(dict(loss="lstm", phi_update="inner_product", lstm_state="across_steps"), id="lstm-ip-across",
+                 marks=pytest.mark.slow)])
+def test_task_learner_steps_phi_alike_in_both_engines(over):
+    """adapt(learn_phi=True) returns per-task φ_i that moved; vmap and loop engines agree,
+    with drop-path and resampled inner batches; without learn_phi φ is left alone."""
+    from model.config import build_config
+    from model.supernet import SuperNet
+    from model.task_learner import TaskLearner, expand
+
+    cfg = build_config("smoke", dict(over, loss_hidden=8, lstm_layers=2, drop_path=0.3, inner_batch=4,
+                                     prune_threshold=0.0, inner_steps=3))
+    torch.manual_seed(3)
+    net = SuperNet(cfg, cfg.n_way)
+    meta = {k: v.detach().clone() for k, v in net.named_parameters()}
+    loss = make_task_loss(cfg)
+    phi = loss.init_phi(gen(0))
+    g = gen(1)
+    x, xq = torch.rand(2, 6, 1, 28, 28, generator=g), torch.rand(2, 3, 1, 28, 28, generator=g)
+    y, yq = torch.arange(3).repeat(2).expand(2, 6).contiguous(), torch.arange(3).expand(2, 3).contiguous()
+    out = {}
+    for engine in ("vmap", "loop"):
+        learner = TaskLearner(net, cfg, loss, engine=engine)
+        learner.set_engine_flags()
+        out[engine] = learner.adapt(expand(meta, 2), expand(phi, 2), x, y, key=(5, 7), task_ids=[0, 1], steps=3,
+                                    batch=4, drop_p=0.3, learn_phi=True, query_x=xq, query_y=yq)
+    net.skip_zero = False
+    (p_v, s_v), (p_l, s_l) = out["vmap"], out["loop"]
+    for k in meta:   # float32 op-order noise, amplified where Adam divides tiny gradients
+        torch.testing.assert_close(p_v[k], p_l[k], rtol=1e-4, atol=1e-5)
+    for k in phi:
+        torch.testing.assert_close(s_v["phi"][k], s_l["phi"][k], rtol=1e-4, atol=1e-5)
+        assert s_v["phi"][k].shape == (2, *phi[k].shape)
+    assert any(not torch.allclose(s_v["phi"][k][t], phi[k]) for k in phi for t in range(2))
+    _, fixed = TaskLearner(net, cfg, loss).adapt(expand(meta, 2), expand(phi, 2), x, y, key=(5, 7), task_ids=[0, 1],
+                                                 steps=3, batch=4, drop_p=0.3)
+    assert "phi" not in fixed                    # meta-test: φ is not adapted
+
+
 # ---- integrated: meta-training on real Omniglot (smoke size) -----------------------------------
 
 LEARNED_SMOKE = dict(meta_epochs=4, checkpoint_every=2, threads=1, test_tasks=4, loss_hidden=8, lstm_layers=2,

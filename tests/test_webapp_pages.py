@@ -388,3 +388,55 @@ def test_classroom_works_without_redis():
     at = app(FakeClient(redis=False), "views/classroom.py")
     no_exceptions(at)
     assert "Classroom" in at.title[0].value
+
+
+@pytest.fixture
+def shipped_demo(tmp_path, monkeypatch):
+    """A demo run directory standing in for webapp/demo_run/ (which the lead ships)."""
+    import webapp.data
+
+    rows = make_rows(6)
+    (tmp_path / "config.json").write_text(json.dumps(build_config("demo").to_dict()))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "genotype.json").write_text(json.dumps(rows[-1]["genotype"]))
+    (tmp_path / "summary.json").write_text(json.dumps({"test_accuracy": 0.91, "test_ci95": 0.01, "meta_epochs": 6,
+                                                       "num_params": 12345, "train_accuracy": 0.9,
+                                                       "wall_seconds": 100}))
+    monkeypatch.setattr(webapp.data, "DEMO_DIR", tmp_path)
+    return rows
+
+
+def test_classroom_shows_the_shipped_demo_run(shipped_demo):
+    at = app(FakeClient(redis=False), "views/classroom.py")
+    no_exceptions(at)
+    assert any(m.value == "91.0%" for m in at.metric)
+    dots = graphviz_dots(at)
+    assert edge_labels(dots[0]) == [op for op, _ in shipped_demo[-1]["genotype"]["normal"]]
+    acc = next(s for s in vega_specs(at) if "Query accuracy" in str(s["spec"].get("title")))
+    assert list(next(iter(acc["data"].values()))["value"]) == pytest.approx([r["train_accuracy"] for r in shipped_demo])
+
+
+def test_classroom_says_how_to_make_the_demo_run(tmp_path, monkeypatch):
+    import webapp.data
+
+    monkeypatch.setattr(webapp.data, "DEMO_DIR", tmp_path / "absent")
+    at = app(FakeClient(redis=False), "views/classroom.py")
+    assert any("python -m model train --preset demo --out webapp/demo_run" in i.value for i in at.info)
+
+
+def test_demo_run_is_explorable_without_redis(shipped_demo):
+    at = app(FakeClient(redis=False), "views/genotype.py", run="demo:shipped")
+    no_exceptions(at)
+    assert edge_labels(graphviz_dots(at)[1]) == [op for op, _ in shipped_demo[-1]["genotype"]["reduce"]]
+
+
+def test_classroom_try_it_sends_a_sample_task(data_root):
+    client = FakeClient()
+    client.add("a")
+    at = app(client, "views/classroom.py")
+    at.button(key="try_go").click()
+    at = at.run()
+    no_exceptions(at)
+    episode = next(c for c in client.calls if c[0] == "episode")
+    assert len(episode[2]) == 3 and set(episode[2].values()) == {1} and episode[3] == 3  # smoke: 3-way 1-shot
+    assert any("→ **" in m.value for m in at.markdown)

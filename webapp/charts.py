@@ -156,8 +156,7 @@ def compare_chart(series: dict[str, list[list[dict]]], metric: str = "train_accu
     color = alt.Color("label:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom", title=None))
     base = alt.Chart(df).encode(x=alt.X("epoch:Q", title="meta-epoch"))
     band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=METRICS.get(metric, metric)), y2="hi:Q",
-                                              color=alt.Color("label:N", scale=alt.Scale(scheme="tableau10"),
-                                                              legend=None))
+                                              color=color)
     line = base.mark_line(point=df["epoch"].nunique() <= 40 if len(df) else False).encode(
         color=color,
         y="mean:Q", tooltip=["label:N", "epoch:Q", alt.Tooltip("mean:Q", format=".4g"), "n:Q"]
