@@ -26,10 +26,14 @@ CHANNELS_LAST = True
 
 
 def _is_batched(x) -> bool:
-    try:
-        return torch._C._functorch.is_batchedtensor(x)
-    except AttributeError:
-        return False
+    """True under vmap, also when grad() wraps the batched tensor (vmap(grad(f)))."""
+    F_ = torch._C._functorch
+    while True:
+        if F_.is_batchedtensor(x):
+            return True
+        if not F_.is_functorch_wrapped_tensor(x):
+            return False
+        x = F_.get_unwrapped(x)
 
 
 def is_arch(name: str) -> bool:
@@ -157,6 +161,8 @@ class SuperNet(nn.Module):
         w = {k: self.edge_weights(getattr(self, f"alpha_{k}"), temp) for k in ("normal", "reduce")}
         iw = {k: self.input_weights(k, temp) for k in ("normal", "reduce")}
         stem = self.stem_resnet(x, stats_from) if hasattr(self, "stem_resnet") else self.stem_conv(x)
+        if CHANNELS_LAST and stem.dim() == 4 and not _is_batched(stem):   # after the stem: 1-channel input has no layout
+            stem = stem.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem_bn(stem, stats_from)
         for c, cell in enumerate(self.cells):
             kind = "reduce" if cell.reduction else "normal"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-EPOCHS = 30  # meta-epochs of the launched smoke run
+EPOCHS = 12  # meta-epochs of the launched smoke run
 SHOTS = Path(os.environ.get("LAMANAS_SCREENSHOTS", REPO / "test-output" / "screenshots"))
 
 
@@ -44,12 +46,13 @@ def healthy(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, data_root):
+def stack(data_root):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed")
     from backend.client import StudioClient
 
-    root = tmp_path_factory.mktemp("e2e")
+    # a private folder: pytest's shared basetemp is pruned by other sessions' pytest runs
+    root = Path(tempfile.mkdtemp(prefix="lamanas-e2e-"))
     redis = start_redis(root)
     artifacts = root / "artifacts"
     worker = start_worker(redis.url, artifacts, name="w1", log_dir=root)
@@ -74,6 +77,7 @@ def stack(tmp_path_factory, data_root):
             web.kill()
         stop_worker(worker, timeout=5)
         redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +140,15 @@ def test_launch_watch_explore_cancel_compare(stack, page):
     assert rec["name"] == "e2e smoke" and rec["config"]["meta_epochs"] == EPOCHS
 
     # 2. its progress chart appears and updates while it trains (st.fragment, no reload)
-    page.locator('[data-testid="stVegaLiteChart"]').first.wait_for(timeout=120_000)
+    def first_epoch_or_end():
+        r = client.get(run_id)
+        return r if r["status"] in ("failed", "succeeded", "cancelled") or client.progress(run_id) else None
+
+    rec = wait_for(first_epoch_or_end, 240, interval=0.5, what="the first meta-epoch")
+    assert rec["status"] != "failed", rec.get("traceback")
+    page.locator('[data-testid="stVegaLiteChart"]').first.wait_for(timeout=30_000)
     seen = set()
-    deadline = time.time() + 180
+    deadline = time.time() + 300
     while time.time() < deadline:
         text = metric_text(page, "Meta-epoch")
         seen.add(text)

@@ -1,7 +1,10 @@
 """The fast engine (model.reptile.reptile_epoch through TaskLearner, vmap and loop) against
 the reference path (model.reference: a plain per-task nn.Module + torch.optim loop), on
 the same seed, tasks, inner batches and drop-path masks: same Reptile updates within 1e-5
-in float32."""
+in float32 with
+the SGD task optimizer. With Adam (beta1=0, the paper's) a step is ~lr*sign(g), which turns
+float32 summation-order noise in near-zero gradients into lr-sized differences, so Adam is
+compared in float64 (where the engines must agree to 1e-9)."""
 from dataclasses import dataclass
 
 import pytest
@@ -24,34 +27,42 @@ class Batch:
 
 def small_cfg(**kw):
     base = dict(n_way=3, train_shots=4, channels=4, layers=2, reductions=[1], nodes=2, stem_multiplier=2,
-                drop_path=0.2, prune_threshold=0.01, inner_steps=3, inner_batch=8, meta_batch=3,
+                drop_path=0.2, prune_threshold=0.01, inner_steps=3, inner_batch=8, meta_batch=2,
                 lr_theta_task=5e-3, lr_alpha_task=5e-3, alpha_weight_decay=1e-3, adam_beta1=0.0,
                 temp_start=1.0, temp_end=0.05, seed=11)
     base.update(kw)
     return build_config("smoke", base)
 
 
-def make_batch(cfg, seed=0):
+def make_batch(cfg, seed=0, dtype=torch.float32, size=16):
     g = torch.Generator().manual_seed(seed)
     T, n, S = cfg.meta_batch, cfg.n_way, cfg.n_way * cfg.train_shots
-    sx = torch.rand(T, S, 1, 28, 28, generator=g)
+    sx = torch.rand(T, S, 1, size, size, generator=g, dtype=dtype)
     sy = torch.arange(n).repeat_interleave(cfg.train_shots).expand(T, S).contiguous()
-    qx = torch.rand(T, n, 1, 28, 28, generator=g)
+    qx = torch.rand(T, n, 1, size, size, generator=g, dtype=dtype)
     qy = torch.arange(n).expand(T, n).contiguous()
     return Batch(sx, sy, qx, qy)
 
 
+CASES = {  # name: (config overrides, dtype, tolerance)
+    "sgd-fp32": (dict(task_optimizer="sgd", lr_theta_task=0.1, lr_alpha_task=0.1), torch.float32, 1e-5),
+    "adam-fp64": (dict(task_optimizer="adam"), torch.float64, 1e-9),
+}
+
+
 @pytest.mark.parametrize("engine", ["vmap", "loop"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("sharp_alpha", [False, True])
-def test_fast_engine_matches_reference_reptile_epoch(engine, sharp_alpha):
+def test_fast_engine_matches_reference_reptile_epoch(engine, case, sharp_alpha):
     torch.manual_seed(0)
-    cfg = small_cfg(engine=engine)
-    net = SuperNet(cfg, cfg.n_way)
+    overrides, dtype, tol = CASES[case]
+    cfg = small_cfg(engine=engine, **overrides)
+    net = SuperNet(cfg, cfg.n_way).to(dtype)
     meta = {k: v.detach().clone() for k, v in net.named_parameters()}
     if sharp_alpha:   # soft pruning switches ops off at the low temperatures of the last steps
         meta["alpha_normal"][:, 0] += 0.3
         meta["alpha_reduce"][:, 4] += 0.3
-    batch = make_batch(cfg)
+    batch = make_batch(cfg, dtype=dtype)
     epoch = 3
     ref_meta, ref_adapted, ref_row = reference.reptile_epoch(net, meta, batch, cfg, epoch)
 
@@ -61,7 +72,7 @@ def test_fast_engine_matches_reference_reptile_epoch(engine, sharp_alpha):
     net.skip_zero = False
     for k, p in meta.items():
         assert not torch.equal(ref_meta[k], p) or k.startswith("stem_bn"), f"reference did not change {k}"
-        torch.testing.assert_close(new_meta[k], ref_meta[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(new_meta[k], ref_meta[k], rtol=tol, atol=tol, msg=lambda m: f"{k}: {m}")
     assert row["train_accuracy"] == pytest.approx(ref_row["train_accuracy"])
     assert row["train_loss"] == pytest.approx(ref_row["train_loss"], rel=1e-4, abs=1e-5)
 

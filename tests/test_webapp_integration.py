@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,10 +27,11 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, data_root):
+def studio(data_root):
     from backend.client import StudioClient
 
-    root = tmp_path_factory.mktemp("webapp")
+    # a private folder: pytest's shared basetemp is pruned by other sessions' pytest runs
+    root = Path(tempfile.mkdtemp(prefix="lamanas-webapp-"))
     redis = start_redis(root)
     artifacts = root / "artifacts"
     old = {k: os.environ.get(k) for k in ("REDIS_URL", "LAMANAS_ARTIFACTS")}
@@ -53,6 +56,7 @@ def studio(tmp_path_factory, data_root):
     finally:
         stop_worker(worker, timeout=5)
         redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 

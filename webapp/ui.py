@@ -146,14 +146,19 @@ def record(run_id: str) -> dict | None:
     return safe(client().get, run_id)
 
 
-def rows(run_id: str) -> list[dict]:
-    """All metrics rows of a run; Redis rows are cached per session and fetched incrementally."""
+def rows(run_id: str, known_epoch: int | None = None) -> list[dict]:
+    """All metrics rows of a run; Redis rows are cached per session and fetched incrementally.
+    `known_epoch` (the record's epoch) skips the fetch when the cache already has it."""
     if run_id == DEMO_ID:
         demo = demo_run()
         return demo.rows() if demo else []
     cache = st.session_state.setdefault("_rows", {})
     have = cache.get(run_id, [])
     after = have[-1]["epoch"] if have else 0
+    if known_epoch is not None and known_epoch < after:  # resumed from an earlier checkpoint: start over
+        have, after = [], 0
+    if known_epoch is not None and after >= known_epoch:
+        return have
     new = safe(client().progress, run_id, after_epoch=after, default=[]) or []
     if new and have and new[0]["epoch"] <= after:  # the run was resumed and truncated: start over
         have = []

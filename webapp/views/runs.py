@@ -16,7 +16,7 @@ REFRESH_SECONDS = 2.0
 
 
 def stats_of(records: list[dict]) -> dict[str, tuple]:
-    return {r["id"]: accuracy_stats(ui.rows(r["id"])) for r in records}
+    return {r["id"]: accuracy_stats(ui.rows(r["id"], known_epoch=r.get("epoch") or 0)) for r in records}
 
 
 def runs_table(records: list[dict]) -> str | None:
@@ -139,7 +139,10 @@ def downloads(rec: dict) -> None:
     svg = ui.artifact(run_id, "genotype.svg")
     if svg is None and genotype:
         from webapp.graphs import cell_dot, render
-        svg = render(cell_dot(genotype, None, "normal"))
+        try:
+            svg = render(cell_dot(genotype, None, "normal"))
+        except Exception:  # graphviz.ExecutableNotFound: no `dot` program here
+            svg = None
     cols[3].download_button("genotype.svg", svg or b"", f"{run_id}-genotype.svg", "image/svg+xml", key="dl_svg",
                             disabled=not svg)
     client, has_ckpt = (ui.client(), rec["status"] == "succeeded" or (rec.get("checkpoint_epoch") or 0) > 0)
