@@ -37,6 +37,8 @@ def _parser():
         s.add_argument("--warmup", type=int, default=1, help="untimed epochs / chunks first")
         s.add_argument("--out", default=None, help="JSON result path")
         s.add_argument("--data-root", default=None)
+        s.add_argument("--ops", default="fast", choices=("fast", "plain"),
+                       help="plain: the original layouts (NCHW, dilated depthwise kernels) for before/after figures")
         s.add_argument("--profile", action="store_true", help="print a torch.profiler op table of one timed unit")
         if name == "meta_epoch":
             s.add_argument("--epochs", type=int, default=5, help="timed meta-epochs")
@@ -88,6 +90,9 @@ def _setup(args):
         overrides["threads"] = args.threads
     cfg = build_config(args.preset, overrides)
     device = setup_torch(cfg)
+    from model import ops, supernet
+
+    ops.DILATED_AS_DENSE = supernet.CHANNELS_LAST = args.ops == "fast"
     return cfg, device, torch
 
 
@@ -223,14 +228,14 @@ def main(argv=None) -> int:
     eff = _effective(cfg, device)
     eff["preset"] = args.preset
     res = {**res, "config": eff, **{k: eff[k] for k in ("n_way", "inner_batch", "meta_batch", "channels",
-                                                      "inner_steps", "engine", "dtype")},
+                                                      "inner_steps", "engine", "dtype")}, "ops": args.ops,
            "machine": _machine(), "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print(f"{args.kind} [{args.preset}, engine={cfg.engine}]: median {res['median_s']:.3f} s "
+    print(f"{args.kind} [{args.preset}, engine={cfg.engine}, ops={args.ops}]: median {res['median_s']:.3f} s "
           f"(min {res['min_s']:.3f}, max {res['max_s']:.3f}, n={res['n']}), {res['tasks_per_s']:.2f} tasks/s, "
           f"{res['images_per_s']:.1f} images/s, peak RSS {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
-        f"{args.kind}-{args.preset}-{cfg.engine}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json")
+        f"{args.kind}-{args.preset}-{cfg.engine}-{args.ops}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps(res))

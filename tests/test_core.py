@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from model import genotypes
 from model.config import build_config
+from model.reference import adapt_task as reference_adapt  # Φ_K with torch.optim on a deep-copied nn.Module
 from model.reptile import reptile_update
 from model.supernet import SuperNet, alpha_summary, count_params, is_arch
 from model.task_learner import TaskLearner, expand, temperatures
@@ -26,22 +27,6 @@ def tasks(T=2, S=6, seed=0):
     x = torch.rand(T, S, 1, 28, 28, generator=g)
     y = torch.arange(3).repeat_interleave(S // 3).expand(T, S).contiguous()
     return x, y
-
-
-def reference_adapt(net: SuperNet, cfg, x, y, steps):
-    """Φ_K with torch.optim on a deep-copied nn.Module: the textbook way, independent of the engine."""
-    net = copy.deepcopy(net)
-    theta = [p for n, p in net.named_parameters() if not is_arch(n)]
-    alpha = [p for n, p in net.named_parameters() if is_arch(n)]
-    opt = torch.optim.Adam([
-        {"params": theta, "lr": cfg.lr_theta_task},
-        {"params": alpha, "lr": cfg.lr_alpha_task, "weight_decay": cfg.alpha_weight_decay},
-    ], betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8)
-    for s, temp in enumerate(temperatures(cfg, steps)):
-        opt.zero_grad()
-        F.cross_entropy(net(x, temp=temp), y).backward()
-        opt.step()
-    return {n: p.detach().clone() for n, p in net.named_parameters()}
 
 
 @pytest.mark.parametrize("engine", ["vmap", "loop"])

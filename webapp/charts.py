@@ -33,7 +33,7 @@ def has_learned_loss(rows: list[dict]) -> bool:
 
 
 def metric_chart(rows: list[dict], columns: list[str], title: str, y_title: str | None = None,
-                 height: int = 220) -> alt.Chart:
+                 height: int = 260) -> alt.Chart:
     """Lines of `columns` over meta-epochs (long format: epoch, metric, value)."""
     df = metrics_frame(rows)
     present = [c for c in columns if c in df.columns]
@@ -44,9 +44,9 @@ def metric_chart(rows: list[dict], columns: list[str], title: str, y_title: str 
         alt.Chart(long, title=title)
         .mark_line(point=len(df) <= 40)
         .encode(
-            x=alt.X("epoch:Q", title="meta-epoch"),
+            x=alt.X("epoch:Q", title="meta-epoch", axis=alt.Axis(format="d", tickMinStep=1)),
             y=alt.Y("value:Q", title=y_title or title, scale=alt.Scale(zero=False)),
-            color=alt.Color("metric:N", legend=alt.Legend(orient="bottom", title=None)),
+            color=alt.Color("metric:N", legend=alt.Legend(orient="top", title=None) if len(present) > 1 else None),
             tooltip=["epoch:Q", "metric:N", alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(height=height)
@@ -154,7 +154,7 @@ def compare_chart(series: dict[str, list[list[dict]]], metric: str = "train_accu
     """Overlaid curves: the mean across seeds as a line, ± one std as a band."""
     df = band_frame(series, metric)
     color = alt.Color("label:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="bottom", title=None))
-    base = alt.Chart(df).encode(x=alt.X("epoch:Q", title="meta-epoch"))
+    base = alt.Chart(df).encode(x=alt.X("epoch:Q", title="meta-epoch", axis=alt.Axis(format="d", tickMinStep=1)))
     band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=METRICS.get(metric, metric)), y2="hi:Q",
                                               color=color)
     line = base.mark_line(point=df["epoch"].nunique() <= 40 if len(df) else False).encode(

@@ -143,7 +143,7 @@ def canvas_drawings(key: str) -> list[bytes]:
     if st_canvas is None:
         return store
     result = st_canvas(stroke_width=8, stroke_color="#000000", background_color="#ffffff", height=140, width=140,
-                       return_image_data=True, key=f"canvas_{key}_{len(store)}")  # a fresh canvas after each add
+                       return_image_data=True, key=f"canvas_{key}")
     c1, c2 = st.columns(2)
     if c1.button("Add drawing", icon=":material/add:", key=f"add_{key}"):
         try:
