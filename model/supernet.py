@@ -22,7 +22,7 @@ from .ops import BN, OPS, FactorizedReduce, Identity, ReLUConvBN
 ALPHA_PREFIX = "alpha_"
 # Run the convolutions in channels-last (NHWC) layout: oneDNN's depthwise convolutions and
 # pools are 2-4x faster in it on CPU. Not under vmap (batched convolutions regroup tasks).
-CHANNELS_LAST = True
+CHANNELS_LAST = False  # off: under torch.func.grad (loop engine) it crashed torch 2.14 ("double free")
 
 
 def _is_batched(x) -> bool:
