@@ -119,19 +119,10 @@ def _sync(torch, device):
 def bench_meta_epoch(args) -> dict:
     cfg, device, torch = _setup(args)
     from model import genotypes
-    from model.data import TaskSampler, load_omniglot, resolve_data_root
     from model.supernet import alpha_summary, count_params
-    from model.task_learner import TaskLearner
-    from model.train import build, make_loss, meta_learner_step, on_device
+    from model.train import on_device, prepare
 
-    data = load_omniglot(resolve_data_root(args.data_root))
-    sampler = TaskSampler(data, cfg.split, "train", cfg.n_way, cfg.train_shots, cfg.q_query, cfg.rotations, cfg.seed)
-    net, meta = build(cfg, device)
-    loss = make_loss(cfg)
-    phi = {k: v.to(device) for k, v in loss.init_phi(torch.Generator().manual_seed(cfg.seed)).items()}
-    learner = TaskLearner(net, cfg, loss)
-    learner.set_engine_flags()
-    step = meta_learner_step(cfg.meta_learner)
+    _, sampler, net, meta, phi, learner, step = prepare(cfg, args.data_root, device)
     meta_state: dict = {}
     times, rows = [], []
 

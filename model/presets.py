@@ -21,7 +21,7 @@ DEMO = dict(
     split="vinyals", rotations=True,
     channels=8, layers=3, reductions=[0, 1], nodes=2, stem_multiplier=3, pairwise_alpha=True,
     drop_path=0.0, temp_start=1.0, temp_end=0.05,
-    meta_epochs=1500, meta_batch=10, inner_steps=5, test_tasks=600, test_steps=50,
+    meta_epochs=170, meta_batch=10, inner_steps=5, test_tasks=600, test_steps=50,
     eval_chunk=100, task_optimizer="adam", lr_theta_task=3e-3, lr_alpha_task=3e-3,
     lr_theta_meta=1.0, lr_alpha_meta=0.6, meta_lr_schedule="linear", checkpoint_every=50,
 )

@@ -119,6 +119,19 @@ def meta_learner_step(name: str):
     return maml_epoch
 
 
+def prepare(cfg: Config, data_root, device):
+    """Everything a meta-training loop needs, fresh from cfg.seed: (data, train sampler,
+    supernet, meta-parameters, φ, task learner, meta-learner step). The bench uses it too."""
+    data = load_omniglot(resolve_data_root(data_root))
+    sampler = TaskSampler(data, cfg.split, "train", cfg.n_way, cfg.train_shots, cfg.q_query, cfg.rotations, cfg.seed)
+    net, meta = build(cfg, device)
+    loss = make_loss(cfg)
+    phi = {k: v.to(device) for k, v in loss.init_phi(torch.Generator().manual_seed(cfg.seed)).items()}
+    learner = TaskLearner(net, cfg, loss)
+    learner.set_engine_flags()
+    return data, sampler, net, meta, phi, learner, meta_learner_step(cfg.meta_learner)
+
+
 # ---- the loop ---------------------------------------------------------------------------
 
 def train(cfg: Config, run_dir, *, resume: bool = False, data_root=None,
@@ -134,15 +147,7 @@ def train(cfg: Config, run_dir, *, resume: bool = False, data_root=None,
             raise ValueError(f"--resume: the config differs from the one stored in {run_dir / 'config.json'}")
     device = setup_torch(cfg)
     t_start = time.time()
-    data = load_omniglot(resolve_data_root(data_root))
-    sampler = TaskSampler(data, cfg.split, "train", cfg.n_way, cfg.train_shots, cfg.q_query, cfg.rotations, cfg.seed)
-    net, meta = build(cfg, device)
-    loss = make_loss(cfg)
-    phi = {k: v.to(device) for k, v in loss.init_phi(torch.Generator().manual_seed(cfg.seed)).items()}
-    learner = TaskLearner(net, cfg, loss)
-    learner.set_engine_flags()
-
-    meta_step = meta_learner_step(cfg.meta_learner)
+    data, sampler, net, meta, phi, learner, meta_step = prepare(cfg, data_root, device)
     start_epoch, wall_before, meta_state = 1, 0.0, {}
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
