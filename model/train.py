@@ -161,7 +161,7 @@ def train(cfg: Config, run_dir, *, resume: bool = False, data_root=None,
         run_info = {"schema_version": SCHEMA_VERSION, "data_fingerprint": data.fingerprint, "device": str(device),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "warnings": list(net.warnings)}
         atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2))
-    landscapes = _landscape_recorder(run_dir, loss, cfg, start_epoch - 1)
+    landscapes = _landscape_recorder(run_dir, learner.loss, cfg, start_epoch - 1)
     emit({"event": "start", "start_epoch": start_epoch, "device": str(device), "num_params": count_params(net, meta)["weights"]})
 
     bar = _progress_bar(progress, cfg.meta_epochs, start_epoch - 1, "meta-train")
