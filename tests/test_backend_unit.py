@@ -82,6 +82,21 @@ def fake_train(epochs_done=None, fail=None):
     return train
 
 
+def fake_train_acting_at(epoch, action):
+    """fake_train that calls action(run_dir) while meta-epoch `epoch` is being reported."""
+    inner = fake_train()
+
+    def train(cfg, run_dir, **kw):
+        events = kw["on_event"]
+
+        def on_event(e):
+            events(e)
+            if e["event"] == "epoch" and e["row"]["epoch"] == epoch:
+                action(run_dir)
+        return inner(cfg, run_dir, **{**kw, "on_event": on_event})
+    return train
+
+
 def last_dispatch(c, run_id):
     return c.get(run_id)["dispatch"]
 
@@ -210,16 +225,8 @@ def test_cancel_queued_run_never_starts(client):
 def test_cancel_running_run_stops_after_the_epoch(client):
     run_id = client.submit("smoke", {"meta_epochs": 10})
     ctx = make_ctx(client)
-    inner = fake_train()
-
-    def train(cfg, run_dir, **kw):
-        events = kw["on_event"]
-
-        def on_event(e):
-            events(e)
-            if e["event"] == "epoch" and e["row"]["epoch"] == 3:
-                client.cancel(run_id)  # arrives while epoch 3 is reported
-        return inner(cfg, run_dir, **{**kw, "on_event": on_event})
+    # the cancel arrives while epoch 3 is reported
+    train = fake_train_acting_at(3, lambda run_dir: client.cancel(run_id))
     assert runner.execute(ctx, run_id, last_dispatch(client, run_id), train, Cancelled) == "cancelled"
     assert client.get(run_id)["status"] == "cancelled"
     assert [r["epoch"] for r in client.progress(run_id)] == [1, 2, 3]
@@ -302,17 +309,12 @@ def test_delete_removes_record_streams_and_artifacts(client):
 def test_delete_while_running_stops_the_attempt_and_cleans_up(client):
     run_id = client.submit("smoke", {"meta_epochs": 6})
     ctx = make_ctx(client)
-    inner = fake_train()
 
-    def train(cfg, run_dir, **kw):
-        events = kw["on_event"]
+    def delete(run_dir):
+        (run_dir / "checkpoint.pt").write_bytes(b"x")
+        client.delete(run_id)
 
-        def on_event(e):
-            events(e)
-            if e["event"] == "epoch" and e["row"]["epoch"] == 2:
-                (run_dir / "checkpoint.pt").write_bytes(b"x")
-                client.delete(run_id)
-        return inner(cfg, run_dir, **{**kw, "on_event": on_event})
+    train = fake_train_acting_at(2, delete)
     assert runner.execute(ctx, run_id, last_dispatch(client, run_id), train, Cancelled) == "lost"
     assert client.get(run_id) is None and client.progress(run_id) == [] and not ctx.run_dir(run_id).exists()
     assert client.store.lease_owner(run_id) is None and client.store.leased_ids() == []

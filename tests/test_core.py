@@ -1,6 +1,5 @@
 """The MetaNAS core against independent computations: plain nn.Module + torch.optim loops,
 finite differences, hand-built genotypes. No data needed: random images stand in."""
-import copy
 import json
 
 import pytest
