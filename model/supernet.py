@@ -5,8 +5,10 @@ Weights θ and architecture α live in one parameter dict; α entries are named 
 (θ_i, α_i) and one backward gives both gradients (first-order DARTS).
 
 Edge weights are softmax(α/T); ops whose weight is <= `prune_threshold` are switched off
-("soft pruning": skipped in the per-task loop, multiplied by zero under vmap where the
-weights differ per task). With `pairwise_alpha`, each node also weighs every pair of its
+("soft pruning": skipped in the per-task loop; under vmap, where the weights differ per
+task, an op is skipped when it is pruned in every task of the batch (`active_ops`) and
+multiplied by zero otherwise). Skipping adds no error: a pruned op's term is an exact zero
+and its mask passes no gradient. With `pairwise_alpha`, each node also weighs every pair of its
 inputs: input i's weight is the sum of the pair weights that contain i (MetaNAS).
 """
 from __future__ import annotations
@@ -55,10 +57,14 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(OPS[name](C, stride) for name in ops)
         self.droppable = [not isinstance(op, Identity) for op in self.ops]
 
-    def forward(self, x, weights, drop_mask, stats_from, skip_zero: bool):
-        active = range(len(self.ops))
-        if skip_zero:  # a node whose ops are all pruned still needs a zero of the right shape
-            active = [i for i in active if bool(weights[i] > 0)] or active
+    def forward(self, x, weights, drop_mask, stats_from, skip_zero: bool, active=None):
+        """`active`: the op indices to run (None = all); `skip_zero` picks them from
+        `weights` itself (one task at a time: it reads the values)."""
+        if active is None:
+            active = range(len(self.ops))
+        if skip_zero:
+            active = [i for i in active if bool(weights[i] > 0)]
+        active = active or [0]  # all pruned: still a zero of the right shape (weight 0)
         out, xr = 0, None
         for i in active:
             op = self.ops[i]
@@ -86,14 +92,14 @@ class Cell(nn.Module):
             MixedOp(C, 2 if reduction and i < 2 else 1, ops) for j in range(nodes) for i in range(j + 2)
         )
 
-    def forward(self, s0, s1, edge_w, input_w, drop_mask, stats_from, skip_zero):
+    def forward(self, s0, s1, edge_w, input_w, drop_mask, stats_from, skip_zero, active=None):
         states = [self.pre0(s0, stats_from), self.pre1(s1, stats_from)]
         e = 0
         for j in range(self.nodes):
             node = 0
             for i in range(j + 2):
                 mask = None if drop_mask is None else drop_mask[e]
-                y = self.edges[e](states[i], edge_w[e], mask, stats_from, skip_zero)
+                y = self.edges[e](states[i], edge_w[e], mask, stats_from, skip_zero, None if active is None else active[e])
                 node = node + (y if input_w is None else input_w[j][i] * y)
                 e += 1
             states.append(node)
@@ -156,8 +162,19 @@ class SuperNet(nn.Module):
         return out
 
     # ---- forward ----------------------------------------------------------------------
-    def forward(self, x, temp: float = 1.0, drop_mask=None, stats_from: int | None = None):
-        """Logits. `drop_mask`: (cells, edges, ops, batch) keep-masks already scaled by 1/(1-p)."""
+    @torch.no_grad()
+    def active_ops(self, params: dict, temp: float) -> dict:
+        """{kind: per edge, the ops not pruned at `temp` in at least one task}: `params`
+        holds α with a leading task dimension. Plain Python data, so vmap can branch on it."""
+        out = {}
+        for kind in ("normal", "reduce"):
+            alive = (self.edge_weights(params[f"alpha_{kind}"], temp) > 0).flatten(0, -3).any(0)
+            out[kind] = tuple(tuple(i for i, on in enumerate(edge) if on) for edge in alive.tolist())
+        return out
+
+    def forward(self, x, temp: float = 1.0, drop_mask=None, stats_from: int | None = None, active=None):
+        """Logits. `drop_mask`: (cells, edges, ops, batch) keep-masks already scaled by 1/(1-p);
+        `active`: `active_ops()` of the tasks being run (None = every op)."""
         w = {k: self.edge_weights(getattr(self, f"alpha_{k}"), temp) for k in ("normal", "reduce")}
         iw = {k: self.input_weights(k, temp) for k in ("normal", "reduce")}
         stem = self.stem_resnet(x, stats_from) if hasattr(self, "stem_resnet") else self.stem_conv(x)
@@ -167,7 +184,8 @@ class SuperNet(nn.Module):
         for c, cell in enumerate(self.cells):
             kind = "reduce" if cell.reduction else "normal"
             mask = None if drop_mask is None else drop_mask[c]
-            s0, s1 = s1, cell(s0, s1, w[kind], iw[kind], mask, stats_from, self.skip_zero)
+            s0, s1 = s1, cell(s0, s1, w[kind], iw[kind], mask, stats_from, self.skip_zero,
+                              None if active is None else active[kind])
         out = F.adaptive_avg_pool2d(s1, 1).flatten(1)
         return self.classifier(out)
 

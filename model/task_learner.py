@@ -112,11 +112,12 @@ class TaskLearner:
             self.phi_learner = PhiLearner(cfg, self.loss)
 
     # ---- pure per-task functions ------------------------------------------------------
-    def logits(self, params, x, temp, drop_mask=None, stats_from=None):
-        return functional_call(self.net, params, (x,), {"temp": temp, "drop_mask": drop_mask, "stats_from": stats_from})
+    def logits(self, params, x, temp, drop_mask=None, stats_from=None, active=None):
+        return functional_call(self.net, params, (x,), {"temp": temp, "drop_mask": drop_mask, "stats_from": stats_from,
+                                                         "active": active})
 
-    def _step_loss(self, params, phi, x, y, temp, drop_mask, loss_state=()):
-        logits = self.logits(params, x, temp, drop_mask)
+    def _step_loss(self, params, phi, x, y, temp, drop_mask, loss_state=(), active=None):
+        logits = self.logits(params, x, temp, drop_mask, active=active)
         loss, loss_state = self.loss(phi, logits, y, loss_state or None)
         return loss, (logits, () if loss_state is None else loss_state)   # torch.func aux: no None
 
@@ -124,7 +125,7 @@ class TaskLearner:
         g = grad(self._step_loss, has_aux=True)
         if self.engine != "vmap":
             return g
-        return vmap(g, in_dims=(0, 0, 0, 0, None, 0 if has_mask else None, 0))
+        return vmap(g, in_dims=(0, 0, 0, 0, None, 0 if has_mask else None, 0, None))
 
     def _phi_grad(self, phi, params, x, y, logits, loss_grads, loss_state, temp, drop_mask, query_x, query_y):
         """(∇_φ, value) of the φ objective on one task's inner step (see model.losses.phi)."""
@@ -184,8 +185,9 @@ class TaskLearner:
             x = torch.gather(support_x, 1, idx.view(*idx.shape, 1, 1, 1).expand(-1, -1, *support_x.shape[2:]))
             y = torch.gather(support_y, 1, idx)
             step_state = loss_state
-            if self.engine == "vmap":
-                grads, (logits, loss_state) = grad_fn(params, phi, x, y, temps[s], mask, loss_state)
+            if self.engine == "vmap":   # ops pruned in every task are skipped (the loop engine skips per task)
+                active = self.net.active_ops(params, temps[s])
+                grads, (logits, loss_state) = grad_fn(params, phi, x, y, temps[s], mask, loss_state, active)
             else:
                 outs = [grad_fn(_at(params, i), _at(phi, i), x[i], y[i], temps[s], None if mask is None else mask[i],
                                 _at_tree(loss_state, i)) for i in range(len(task_ids))]
@@ -218,10 +220,12 @@ class TaskLearner:
 
     def query_logits(self, params: dict, support_x, query_x, temp: float):
         """Query logits (T, Q, n) after adaptation, BN statistics per `bn_mode`."""
+        active = self.net.active_ops(params, temp) if self.engine == "vmap" else None
+
         def one(p, sx, qx):
             if self.cfg.bn_mode == "support_stats":
-                return self.logits(p, torch.cat([sx, qx]), temp, None, sx.shape[0])[sx.shape[0]:]
-            return self.logits(p, qx, temp)
+                return self.logits(p, torch.cat([sx, qx]), temp, None, sx.shape[0], active)[sx.shape[0]:]
+            return self.logits(p, qx, temp, active=active)
 
         if self.engine == "vmap":
             return vmap(one)(params, support_x, query_x)

@@ -89,3 +89,27 @@ def test_reference_uses_the_keyed_draws():
     c, _, _ = reference.reptile_epoch(net, meta, batch, cfg, 2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.allclose(a["classifier.weight"], c["classifier.weight"])
+
+
+def test_vmap_skips_exactly_the_ops_pruned_in_every_task():
+    """active_ops is the union over tasks of the unpruned ops, and running only those
+    gives bitwise the logits of running every op (a pruned op adds an exact zero)."""
+    from torch.func import vmap
+
+    from model.task_learner import expand
+
+    torch.manual_seed(0)
+    cfg = small_cfg(drop_path=0.0)
+    net = SuperNet(cfg, cfg.n_way).double()
+    params = expand({k: v.detach() for k, v in net.named_parameters()}, 2)
+    params["alpha_normal"][0, :, 0] += 0.3   # task 0 keeps op 0 at T=0.05, task 1 keeps op 1
+    params["alpha_normal"][1, :, 1] += 0.3
+    active = net.active_ops(params, 0.05)
+    assert active["normal"] == tuple((0, 1) for _ in range(net.num_edges))
+    assert all(len(edge) == len(cfg.ops) for edge in active["reduce"])   # nothing pruned there
+    assert all(len(edge) == len(cfg.ops) for edge in net.active_ops(params, 1.0)["normal"])
+    learner = TaskLearner(net, cfg)
+    x = make_batch(cfg, dtype=torch.float64).support_x
+    full = vmap(lambda p, xi: learner.logits(p, xi, 0.05))(params, x)
+    skipped = vmap(lambda p, xi: learner.logits(p, xi, 0.05, active=active))(params, x)
+    assert torch.equal(full, skipped)
