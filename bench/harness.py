@@ -171,13 +171,11 @@ def bench_meta_test(args) -> dict:
 
             cfg = config_from_dict({"engine": args.engine}, cfg)
             learner = TaskLearner(learner.net, cfg, learner.loss)
-            learner.set_engine_flags()
     else:
         net, meta = build(cfg, device)
         loss = make_loss(cfg)
         phi = {k: v.to(device) for k, v in loss.init_phi(torch.Generator().manual_seed(cfg.seed)).items()}
         learner = TaskLearner(net, cfg, loss)
-        learner.set_engine_flags()
     chunk = cfg.eval_chunk
     if args.warmup:
         meta_test(learner, meta, phi, data, cfg, min(chunk, args.tasks))

@@ -75,7 +75,6 @@ def load_run(run_dir, device=None):
     net, _ = build(cfg, dev)
     state = torch.load(ckpt, map_location=dev, weights_only=True)
     learner = TaskLearner(net, cfg, make_loss(cfg))
-    learner.set_engine_flags()
     return cfg, learner, state["meta"], state["phi"]
 
 

@@ -33,7 +33,6 @@ def _optimizer(cfg, net):
 def task_module(net: SuperNet, params: dict | None = None) -> SuperNet:
     """A deep copy of `net` holding `params` (default: its own), soft pruning by weight."""
     m = copy.deepcopy(net)
-    m.skip_zero = False
     if params is not None:
         with torch.no_grad():
             for n, p in m.named_parameters():

@@ -5,9 +5,9 @@ Weights θ and architecture α live in one parameter dict; α entries are named 
 (θ_i, α_i) and one backward gives both gradients (first-order DARTS).
 
 Edge weights are softmax(α/T); ops whose weight is <= `prune_threshold` are switched off
-("soft pruning": skipped in the per-task loop; under vmap, where the weights differ per
-task, an op is skipped when it is pruned in every task of the batch (`active_ops`) and
-multiplied by zero otherwise). Skipping adds no error: a pruned op's term is an exact zero
+("soft pruning": `active_ops` lists the ops to run — per task in the loop engine; under
+vmap, where the weights differ per task, those not pruned in every task, the rest being
+multiplied by zero). Skipping adds no error: a pruned op's term is an exact zero
 and its mask passes no gradient. With `pairwise_alpha`, each node also weighs every pair of its
 inputs: input i's weight is the sum of the pair weights that contain i (MetaNAS).
 """
@@ -57,14 +57,11 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(OPS[name](C, stride) for name in ops)
         self.droppable = [not isinstance(op, Identity) for op in self.ops]
 
-    def forward(self, x, weights, drop_mask, stats_from, skip_zero: bool, active=None):
-        """`active`: the op indices to run (None = all); `skip_zero` picks them from
-        `weights` itself (one task at a time: it reads the values)."""
+    def forward(self, x, weights, drop_mask, stats_from, active=None):
+        """`active`: the op indices to run (None = all)."""
         if active is None:
             active = range(len(self.ops))
-        if skip_zero:
-            active = [i for i in active if bool(weights[i] > 0)]
-        active = active or [0]  # all pruned: still a zero of the right shape (weight 0)
+        active = active or (0,)  # all pruned: still a zero of the right shape (weight 0)
         out, xr = 0, None
         for i in active:
             op = self.ops[i]
@@ -92,14 +89,14 @@ class Cell(nn.Module):
             MixedOp(C, 2 if reduction and i < 2 else 1, ops) for j in range(nodes) for i in range(j + 2)
         )
 
-    def forward(self, s0, s1, edge_w, input_w, drop_mask, stats_from, skip_zero, active=None):
+    def forward(self, s0, s1, edge_w, input_w, drop_mask, stats_from, active=None):
         states = [self.pre0(s0, stats_from), self.pre1(s1, stats_from)]
         e = 0
         for j in range(self.nodes):
             node = 0
             for i in range(j + 2):
                 mask = None if drop_mask is None else drop_mask[e]
-                y = self.edges[e](states[i], edge_w[e], mask, stats_from, skip_zero, None if active is None else active[e])
+                y = self.edges[e](states[i], edge_w[e], mask, stats_from, None if active is None else active[e])
                 node = node + (y if input_w is None else input_w[j][i] * y)
                 e += 1
             states.append(node)
@@ -114,7 +111,6 @@ class SuperNet(nn.Module):
         self.nodes = cfg.nodes
         self.pairwise = cfg.pairwise_alpha
         self.prune_threshold = cfg.prune_threshold
-        self.skip_zero = False  # set by the per-task loop engine; vmap cannot branch on values
         C = cfg.channels
         C_stem = cfg.stem_multiplier * C
         self.warnings: list[str] = []  # recorded in run.json by train()
@@ -164,11 +160,12 @@ class SuperNet(nn.Module):
     # ---- forward ----------------------------------------------------------------------
     @torch.no_grad()
     def active_ops(self, params: dict, temp: float) -> dict:
-        """{kind: per edge, the ops not pruned at `temp` in at least one task}: `params`
-        holds α with a leading task dimension. Plain Python data, so vmap can branch on it."""
+        """{kind: per edge, the ops not pruned at `temp` in at least one task}: α in `params`
+        may have a leading task dimension. Plain Python data, so vmap can branch on it."""
         out = {}
         for kind in ("normal", "reduce"):
-            alive = (self.edge_weights(params[f"alpha_{kind}"], temp) > 0).flatten(0, -3).any(0)
+            alive = self.edge_weights(params[f"alpha_{kind}"], temp) > 0
+            alive = alive.reshape(-1, *alive.shape[-2:]).any(0)
             out[kind] = tuple(tuple(i for i, on in enumerate(edge) if on) for edge in alive.tolist())
         return out
 
@@ -184,8 +181,7 @@ class SuperNet(nn.Module):
         for c, cell in enumerate(self.cells):
             kind = "reduce" if cell.reduction else "normal"
             mask = None if drop_mask is None else drop_mask[c]
-            s0, s1 = s1, cell(s0, s1, w[kind], iw[kind], mask, stats_from, self.skip_zero,
-                              None if active is None else active[kind])
+            s0, s1 = s1, cell(s0, s1, w[kind], iw[kind], mask, stats_from, None if active is None else active[kind])
         out = F.adaptive_avg_pool2d(s1, 1).flatten(1)
         return self.classifier(out)
 

@@ -127,12 +127,13 @@ class TaskLearner:
             return g
         return vmap(g, in_dims=(0, 0, 0, 0, None, 0 if has_mask else None, 0, None))
 
-    def _phi_grad(self, phi, params, x, y, logits, loss_grads, loss_state, temp, drop_mask, query_x, query_y):
+    def _phi_grad(self, phi, params, x, y, logits, loss_grads, loss_state, temp, drop_mask, query_x, query_y, active):
         """(∇_φ, value) of the φ objective on one task's inner step (see model.losses.phi)."""
         return self.phi_learner.task_objective_grad(
             phi, logits=logits, labels=y, loss_state=loss_state or None, params=params, loss_grads=loss_grads,
-            support_fn=lambda p: self.logits(p, x, temp, drop_mask),
-            query_fn=None if query_x is None else (lambda p: self.logits(p, query_x, temp)), query_labels=query_y)
+            support_fn=lambda p: self.logits(p, x, temp, drop_mask, active=active),
+            query_fn=None if query_x is None else (lambda p: self.logits(p, query_x, temp, active=active)),
+            query_labels=query_y)
 
     def _init_loss_state(self, phi: dict):
         """The task loss's state per task (() when stateless): e.g. the LSTM class table."""
@@ -185,20 +186,22 @@ class TaskLearner:
             x = torch.gather(support_x, 1, idx.view(*idx.shape, 1, 1, 1).expand(-1, -1, *support_x.shape[2:]))
             y = torch.gather(support_y, 1, idx)
             step_state = loss_state
-            if self.engine == "vmap":   # ops pruned in every task are skipped (the loop engine skips per task)
-                active = self.net.active_ops(params, temps[s])
+            active = self.net.active_ops(params, temps[s])   # ops not pruned in every task
+            if self.engine == "vmap":
                 grads, (logits, loss_state) = grad_fn(params, phi, x, y, temps[s], mask, loss_state, active)
-            else:
+            else:   # one task at a time: skip that task's pruned ops
                 outs = [grad_fn(_at(params, i), _at(phi, i), x[i], y[i], temps[s], None if mask is None else mask[i],
-                                _at_tree(loss_state, i)) for i in range(len(task_ids))]
+                                _at_tree(loss_state, i), self.net.active_ops(_at(params, i), temps[s]))
+                        for i in range(len(task_ids))]
                 grads = _stack([o[0] for o in outs])
                 logits = torch.stack([o[1][0] for o in outs])
                 loss_state = _stack_trees([o[1][1] for o in outs])
             if learn_phi:
                 phi_grads, value = self._map_tasks(
-                    self._phi_grad, (phi, params, x, y, logits, grads, step_state, temps[s], mask, query_x, query_y),
+                    self._phi_grad, (phi, params, x, y, logits, grads, step_state, temps[s], mask, query_x, query_y,
+                                     active),
                     batched=(True, True, True, True, True, True, True, False, mask is not None, query_x is not None,
-                             query_y is not None))
+                             query_y is not None, False))
                 phi, phi_opt = self.phi_learner.task_step(phi, phi_grads, phi_opt, s + 1)
                 phi_objective.append(float(value.mean()))
             with torch.no_grad():
@@ -220,16 +223,16 @@ class TaskLearner:
 
     def query_logits(self, params: dict, support_x, query_x, temp: float):
         """Query logits (T, Q, n) after adaptation, BN statistics per `bn_mode`."""
-        active = self.net.active_ops(params, temp) if self.engine == "vmap" else None
-
-        def one(p, sx, qx):
+        def one(p, sx, qx, active):
             if self.cfg.bn_mode == "support_stats":
                 return self.logits(p, torch.cat([sx, qx]), temp, None, sx.shape[0], active)[sx.shape[0]:]
             return self.logits(p, qx, temp, active=active)
 
         if self.engine == "vmap":
-            return vmap(one)(params, support_x, query_x)
-        return torch.stack([one(_at(params, i), support_x[i], query_x[i]) for i in range(query_x.shape[0])])
+            active = self.net.active_ops(params, temp)
+            return vmap(lambda p, sx, qx: one(p, sx, qx, active))(params, support_x, query_x)
+        return torch.stack([one(_at(params, i), support_x[i], query_x[i], self.net.active_ops(_at(params, i), temp))
+                            for i in range(query_x.shape[0])])
 
     def phi_meta_update(self, phi: dict, meta_state: dict, *, batch, adapted: dict, stats: dict, task_phi: dict,
                         query_logits) -> tuple[dict, dict, dict]:
@@ -257,9 +260,6 @@ class TaskLearner:
     def predict(self, params: dict, support_x, query_x, temp: float):
         """Query logits (T, Q, n) after adaptation, BN statistics per `bn_mode`."""
         return self.query_logits(params, support_x, query_x, temp)
-
-    def set_engine_flags(self):
-        self.net.skip_zero = self.engine == "loop"
 
 
 def _at(d: dict, i: int) -> dict:

@@ -128,7 +128,6 @@ def prepare(cfg: Config, data_root, device):
     loss = make_loss(cfg)
     phi = {k: v.to(device) for k, v in loss.init_phi(torch.Generator().manual_seed(cfg.seed)).items()}
     learner = TaskLearner(net, cfg, loss)
-    learner.set_engine_flags()
     return data, sampler, net, meta, phi, learner, meta_learner_step(cfg.meta_learner)
 
 

@@ -426,10 +426,8 @@ def test_task_learner_steps_phi_alike_in_both_engines(over):
     out = {}
     for engine in ("vmap", "loop"):
         learner = TaskLearner(net, cfg, loss, engine=engine)
-        learner.set_engine_flags()
         out[engine] = learner.adapt(expand(meta, 2), expand(phi, 2), x, y, key=(5, 7), task_ids=[0, 1], steps=3,
                                     batch=4, drop_p=0.3, learn_phi=True, query_x=xq, query_y=yq)
-    net.skip_zero = False
     (p_v, s_v), (p_l, s_l) = out["vmap"], out["loop"]
     for k in meta:
         torch.testing.assert_close(p_v[k], p_l[k], rtol=1e-9, atol=1e-9)

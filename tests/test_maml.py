@@ -44,7 +44,6 @@ def one_task_batch(T=1, S=6, Q=3, seed=0, dtype=torch.float64):
 def reference_adapted_net(net, cfg, meta, sx, sy):
     """Φ_K the textbook way: K torch.optim.SGD steps on an nn.Module copy holding `meta`."""
     net = copy.deepcopy(net)
-    net.skip_zero = False
     with torch.no_grad():
         for k, p in net.named_parameters():
             p.copy_(meta[k])
@@ -83,7 +82,6 @@ def one_task(request):
     meta = {k: v.detach().clone() for k, v in net.named_parameters()}
     b = one_task_batch()
     learner = TaskLearner(net, cfg)
-    learner.set_engine_flags()
     second = maml_gradients(learner, meta, {}, b, cfg, 1, second_order=True)[0]
     first = maml_gradients(learner, meta, {}, b, cfg, 1, second_order=False)[0]
     return cfg, net, meta, b, second, first
@@ -136,7 +134,6 @@ def test_differentiable_adapt_differentiates_the_query_loss_wrt_phi():
     loss = make_loss(cfg)
     phi = {k: v.double() for k, v in loss.init_phi(torch.Generator().manual_seed(0)).items()}
     learner = TaskLearner(net, cfg, loss)
-    learner.set_engine_flags()
     b = one_task_batch()
     sx, sy, qx, qy = b.support_x[0], b.support_y[0], b.query_x[0], b.query_y[0]
 
@@ -171,7 +168,6 @@ def test_task_by_task_and_batched_second_order_epochs_agree():
         net = SuperNet(cfg, 3).double()
         meta = {k: v.detach().clone() for k, v in net.named_parameters()}
         learner = TaskLearner(net, cfg)
-        learner.set_engine_flags()
         out[engine] = maml_epoch(learner, meta, {}, {}, one_task_batch(T=2), cfg, 1)
     (m_v, _, s_v, row_v), (m_l, _, s_l, row_l) = out["vmap"], out["loop"]
     for k in m_v:
@@ -211,7 +207,6 @@ def test_maml_epoch_updates_theta_alpha_and_learns_phi_by_meta_gradient():
     loss = make_loss(cfg)
     phi = loss.init_phi(torch.Generator().manual_seed(0))
     learner = TaskLearner(net, cfg, loss)
-    learner.set_engine_flags()
     b = one_task_batch(T=2, dtype=torch.float32)
     new_meta, new_phi, state, row = maml_epoch(learner, meta, phi, {}, b, cfg, 1)
     for k in meta:  # (node 0 has a single input pair: softmax of one α, no gradient)
