@@ -39,7 +39,7 @@ class RedisProcess:
     """redis-server on 127.0.0.1:`port` with its files in `data_dir`; AOF on, RDB snapshots off."""
 
     def __init__(self, data_dir, port: int | None = None, aof: bool = True, password: str | None = None, db: int = 0):
-        self.dir = Path(data_dir)
+        self.dir = Path(data_dir).resolve()  # absolute: redis-server opens --logfile after chdir to --dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.aof, self.password, self.db = port or free_port(), aof, password, db
         self.proc: subprocess.Popen | None = None

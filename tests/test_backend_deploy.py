@@ -67,3 +67,17 @@ def test_compose_keeps_redis_private_durable_and_password_protected():
     assert "ports:" not in redis_block and "--appendonly yes" in redis_block and "--requirepass" in redis_block
     assert "redis-data:/data" in redis_block and "capabilities: [gpu]" in text and 'profiles: ["cpu"]' in text
     assert "artifacts:/artifacts" in text and "${REDIS_PASSWORD:-}@redis" in text
+
+
+@pytest.mark.integration
+def test_embedded_redis_starts_from_a_relative_home(tmp_path, monkeypatch):
+    """`scripts/run` uses LAMANAS_HOME=.lamanas (relative): redis-server changes into --dir
+    before opening --logfile, so a relative data dir once made it exit at start."""
+    from backend.redis_server import RedisProcess
+
+    monkeypatch.chdir(tmp_path)
+    server = RedisProcess(Path(".lamanas") / "redis").start()
+    try:
+        assert answers(server.url) and (tmp_path / ".lamanas" / "redis" / "redis.log").is_file()
+    finally:
+        server.stop()
