@@ -100,7 +100,8 @@ def _effective(cfg, device, dtype="float32") -> dict:
     return {"preset": None, "n_way": cfg.n_way, "train_shots": cfg.train_shots, "k_shot": cfg.k_shot,
             "inner_batch": cfg.inner_batch, "test_batch": cfg.test_batch, "meta_batch": cfg.meta_batch,
             "channels": cfg.channels, "layers": cfg.layers, "nodes": cfg.nodes, "inner_steps": cfg.inner_steps,
-            "test_steps": cfg.test_steps, "eval_chunk": cfg.eval_chunk, "engine": cfg.engine, "dtype": dtype,
+            "test_steps": cfg.test_steps, "eval_chunk": cfg.eval_chunk, "engine": cfg.engine,
+            "task_workers": cfg.task_workers, "threads": cfg.threads, "dtype": dtype,
             "loss": cfg.loss, "phi_update": cfg.phi_update, "meta_learner": cfg.meta_learner,
             "drop_path": cfg.drop_path, "prune_threshold": cfg.prune_threshold, "device": str(device)}
 

@@ -109,6 +109,7 @@ class Config:
     seed: int = _f(2, "random seed", 0, 2**31 - 1, group="run")
     threads: int = _f(0, "torch CPU threads (0 = torch default)", 0, 256, group="run")
     device: str = _f("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), group="run")
+    task_workers: int = _f(1, "processes adapting a meta-batch's tasks side by side, each with `threads` torch threads (1 = this process only)", 1, 64, group="run")
     engine: str = _f("vmap", "vmap (tasks of a meta-batch together) or loop (one task at a time)", choices=("vmap", "loop"), group="run")
     checkpoint_every: int = _f(5, "meta-epochs between checkpoints", 1, 100000, group="run")
 

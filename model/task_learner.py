@@ -100,10 +100,12 @@ class TaskOptimizer:
 class TaskLearner:
     """Adapts (θ, α) to tasks and predicts their queries, vmapped or looped."""
 
-    def __init__(self, net: SuperNet, cfg, loss=None, engine: str | None = None):
+    def __init__(self, net: SuperNet, cfg, loss=None, engine: str | None = None, task_workers: int | None = None):
         self.net, self.cfg = net, cfg
         self.loss = loss or CrossEntropy()
         self.engine = engine or cfg.engine
+        self.task_workers = cfg.task_workers if task_workers is None else task_workers
+        self._pool = None                   # model.task_pool.TaskPool, started on first use
         self.opt = TaskOptimizer.from_config(cfg)
         self.phi_learner = None             # how φ learns, for learned losses (model.losses)
         if getattr(self.loss, "learned", False):
@@ -165,7 +167,31 @@ class TaskLearner:
     def adapt(self, params: dict, phi: dict, support_x, support_y, *, key: tuple, task_ids, steps: int,
               batch: int, drop_p: float, learn_phi: bool = False, query_x=None, query_y=None,
               differentiable: bool = False) -> tuple[dict, dict]:
-        """K task-learner steps. `params`/`phi` have a leading task dimension; so do the
+        """K task-learner steps (see `adapt_here`), the tasks shared among `task_workers`
+        processes when there are several, and nothing needs to stay in this process's
+        autograd graph."""
+        kwargs = dict(key=key, task_ids=task_ids, steps=steps, batch=batch, drop_p=drop_p, learn_phi=learn_phi,
+                      query_x=query_x, query_y=query_y, differentiable=differentiable)
+        in_graph = torch.is_grad_enabled() and (differentiable or any(
+            v.requires_grad for d in (params, phi) for v in d.values()))
+        if self.task_workers < 2 or len(task_ids) < 2 or in_graph:
+            return self.adapt_here(params, phi, support_x, support_y, **kwargs)
+        if self._pool is None:
+            from .task_pool import TaskPool
+
+            self._pool = TaskPool(self.cfg, self.task_workers)
+        return self._pool.adapt(self.adapt_here, params, phi, support_x, support_y, **kwargs)
+
+    def close(self) -> None:
+        """Stop the task worker processes, if any were started."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def adapt_here(self, params: dict, phi: dict, support_x, support_y, *, key: tuple, task_ids, steps: int,
+                   batch: int, drop_p: float, learn_phi: bool = False, query_x=None, query_y=None,
+                   differentiable: bool = False) -> tuple[dict, dict]:
+        """K task-learner steps in this process. `params`/`phi` have a leading task dimension; so do the
         support tensors (T, S, ...). Returns adapted params (T, ...) and step statistics.
 
         `learn_phi` (meta-training with phi_update mse/inner_product): each task also steps

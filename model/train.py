@@ -71,6 +71,10 @@ def setup_torch(cfg: Config) -> torch.device:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also NaN-fills every new tensor (to expose reads of uninitialised
+    # memory); that fill was 12% of a demo meta-epoch (BENCHMARKS.md) and buys nothing
+    # for results, which no kernel here computes from uninitialised memory.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     return resolve_device(cfg)
 
 
@@ -197,6 +201,7 @@ def train(cfg: Config, run_dir, *, resume: bool = False, data_root=None,
     t_eval = time.time()
     result = meta_test(learner, meta, phi, data, cfg, cfg.test_tasks, on_event=emit,
                        should_cancel=should_cancel, progress=progress)
+    learner.close()   # task workers (an exception leaves it to the learner's finalizer)
     rows = read_metrics(run_dir)
     counts = count_params(net, meta, cfg.temp_end)
     summary = {
