@@ -33,8 +33,11 @@ def test_up_starts_redis_worker_and_web_then_stops_all_on_ctrl_c(tmp_path):
     redis_url, web_port = f"redis://127.0.0.1:{free_port()}/0", free_port()
     env = worker_env(redis_url, tmp_path / "artifacts", LAMANAS_HOME=str(tmp_path / "home"))
     log = open(tmp_path / "up.log", "wb")
+    # A shell's background job (`cmd &`) inherits SIGINT ignored, and Python keeps it so:
+    # give `up` the default disposition, as a terminal's Ctrl-C would find it.
     up = subprocess.Popen([sys.executable, "-m", "backend", "up", "--port", str(web_port), "--device", "cpu"],
-                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: answers(redis_url), 30, 0.2, "the embedded redis-server")
         client = StudioClient(redis_url, artifacts_dir=str(tmp_path / "artifacts"))
