@@ -179,7 +179,7 @@ class TaskLearner:
         if self._pool is None:
             from .task_pool import TaskPool
 
-            self._pool = TaskPool(self.cfg, self.task_workers)
+            self._pool = TaskPool(self.cfg, self.task_workers, dict(self.net.named_buffers()))
         return self._pool.adapt(self.adapt_here, params, phi, support_x, support_y, **kwargs)
 
     def close(self) -> None:

@@ -54,8 +54,14 @@ def serve(fd: int, cfg_json: str) -> None:
 
     cfg = load_config_json(cfg_json)
     setup_torch(cfg)
-    learner = TaskLearner(SuperNet(cfg, cfg.n_way), cfg, make_loss(cfg), task_workers=1)
+    net = SuperNet(cfg, cfg.n_way)
     conn = Connection(fd)
+    # the parent's buffers (e.g. a frozen ResNet stem): θ and α come with every shard,
+    # buffers only here, so the worker's net computes exactly what the parent's does
+    for name, value in _recv(conn).items():
+        module, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(module), leaf, value)
+    learner = TaskLearner(net, cfg, make_loss(cfg), task_workers=1)
     while True:
         try:
             msg = _recv(conn)
@@ -64,7 +70,6 @@ def serve(fd: int, cfg_json: str) -> None:
         if msg is None:
             return
         args, kwargs = msg
-        kwargs["key"] = tuple(kwargs["key"])
         try:
             _send(conn, ("ok", learner.adapt(*args, **kwargs)))
         except Exception:                 # report, keep serving: the parent decides
@@ -72,9 +77,10 @@ def serve(fd: int, cfg_json: str) -> None:
 
 
 class TaskPool:
-    """`size - 1` worker processes; the caller's process adapts the first shard."""
+    """`size - 1` worker processes; the caller's process adapts the first shard. `buffers`:
+    the caller's `net.named_buffers()`."""
 
-    def __init__(self, cfg, size: int):
+    def __init__(self, cfg, size: int, buffers: dict):
         self.size, self._conns, self._procs = size, [], []
         for _ in range(size - 1):
             ours, theirs = socket.socketpair()
@@ -82,6 +88,7 @@ class TaskPool:
                                     pass_fds=(theirs.fileno(),))
             theirs.close()
             self._conns.append(Connection(ours.detach()))
+            _send(self._conns[-1], buffers)
             self._procs.append(proc)
         self._finalizer = weakref.finalize(self, _shutdown, self._conns, self._procs)
 

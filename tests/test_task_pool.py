@@ -49,7 +49,9 @@ def _adapt_both_ways(omniglot, over):
 
 
 @pytest.mark.parametrize("over", [pytest.param({}, id="ce"),
-                                  pytest.param(dict(loss="fnn", phi_update="mse", loss_hidden=8), id="fnn-mse")])
+                                  pytest.param(dict(loss="fnn", phi_update="mse", loss_hidden=8), id="fnn-mse"),
+                                  # frozen ResNet layers are buffers, not θ: the workers need the parent's
+                                  pytest.param(dict(stem="resnet"), id="resnet-stem")])
 def test_pooled_adaptation_equals_one_process(omniglot, over):
     meta, (p_pool, s_pool), (p_here, s_here) = _adapt_both_ways(omniglot, over)
     for k in meta:
@@ -72,7 +74,7 @@ def test_worker_errors_reach_the_caller_and_close_stops_workers():
     from model.task_pool import TaskPool
 
     cfg = build_config("smoke", {"task_workers": 2})
-    pool = TaskPool(cfg, 2)
+    pool = TaskPool(cfg, 2, {})
     try:
         meta = {"not_a_parameter": torch.zeros(3)}
         x, y = torch.rand(2, 3, 1, 28, 28), torch.arange(3).expand(2, 3).contiguous()
