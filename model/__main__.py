@@ -24,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="meta-test a trained run")
     e.add_argument("run_dir")
     e.add_argument("--tasks", type=int, default=None)
+    e.add_argument("--part", choices=("test", "val"), default="test",
+                   help="score test classes, or val classes to choose meta-test settings")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a meta-test field (test_steps, test_batch, q_query, eval_chunk, task_workers, threads, device)")
     e.add_argument("--data-root", default=None)
 
     sub.add_parser("presets", help="list the presets")
@@ -77,7 +81,9 @@ def _run(args) -> int:
     if args.command == "evaluate":
         from .evaluate import evaluate
 
-        print(json.dumps(evaluate(args.run_dir, args.tasks, args.data_root, progress=True), indent=2))
+        result = evaluate(args.run_dir, args.tasks, args.data_root, progress=True, part=args.part,
+                          overrides=parse_set(args.set))
+        print(json.dumps(result, indent=2))
         return 0
     if args.command == "episode":
         from .evaluate import episode

@@ -1,7 +1,9 @@
 """Meta-test: adapt to unseen tasks of the test split, in chunks of tasks at once.
 
 Test tasks come from a fixed evaluation seed, so every run (and every re-evaluation) is
-scored on the same tasks. φ is not adapted at meta-test (SAVN): the learned loss is fixed
+scored on the same tasks. `evaluate` can also score the val split and change meta-test
+settings (EVAL_FIELDS), so that test-time choices such as `test_steps` are made on
+validation classes, never on the test score. φ is not adapted at meta-test (SAVN): the learned loss is fixed
 during inference. `episode()` adapts a trained run to a user's own task.
 """
 from __future__ import annotations
@@ -12,12 +14,14 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config_json
+from .config import ConfigError, build_config, load_config_json
 from .data import TaskSampler, load_image_folder, load_omniglot, resolve_data_root
 from .task_learner import TaskLearner, expand, query_metrics, temperatures
 from .train import CHECKPOINT, Cancelled, _progress_bar, build, make_loss, on_device, setup_torch
 
 EVAL_SEED = 20161
+# Fields a re-evaluation may change: they shape meta-test only, never the trained parameters.
+EVAL_FIELDS = ("test_steps", "test_batch", "q_query", "eval_chunk", "task_workers", "threads", "device")
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -38,18 +42,19 @@ def adapt_and_predict(learner: TaskLearner, meta: dict, phi: dict, batch, cfg, k
 
 
 def meta_test(learner, meta, phi, data, cfg, tasks: int, *, on_event=None, should_cancel=None,
-              progress=False) -> dict:
+              progress=False, part="test") -> dict:
+    """Adapt to `tasks` tasks of `part` (test, or val for choosing meta-test settings)."""
     emit = on_event or (lambda e: None)
-    sampler = TaskSampler(data, cfg.split, "test", cfg.n_way, cfg.k_shot, cfg.q_query, cfg.rotations, EVAL_SEED)
+    sampler = TaskSampler(data, cfg.split, part, cfg.n_way, cfg.k_shot, cfg.q_query, cfg.rotations, EVAL_SEED)
     device = next(iter(meta.values())).device
-    test_classes = set(data.class_ids(cfg.split, "test"))
+    test_classes = set(data.class_ids(cfg.split, part))
     accs: list[float] = []
-    bar = _progress_bar(progress, tasks, 0, "meta-test", unit="task")
+    bar = _progress_bar(progress, tasks, 0, f"meta-test ({part})", unit="task")
     for start in range(0, tasks, cfg.eval_chunk):
         ids = list(range(start, min(start + cfg.eval_chunk, tasks)))
         batch = on_device(sampler.tasks(0, ids), device)
         # Guard against any leak of training classes into the score.
-        assert all(base in test_classes for task in batch.classes for base, _ in task), "a meta-test class is not in the test split"
+        assert all(base in test_classes for task in batch.classes for base, _ in task), f"a meta-test class is not in the {part} split"
         logits = adapt_and_predict(learner, meta, phi, batch, cfg, (EVAL_SEED, 0), ids)
         accs += query_metrics(logits, batch.query_y)[1].tolist()
         emit({"event": "evaluation", "done": len(accs), "total": tasks})
@@ -64,10 +69,20 @@ def meta_test(learner, meta, phi, data, cfg, tasks: int, *, on_event=None, shoul
     return {"test_accuracy": mean, "test_ci95": ci, "tasks": len(accs), "accuracies": accs}
 
 
-def load_run(run_dir, device=None):
+def eval_config(run_dir, overrides: dict | None = None):
+    """The run's config with meta-test `overrides`; other fields would not match the checkpoint."""
+    cfg = load_config_json((Path(run_dir) / "config.json").read_text())
+    overrides = overrides or {}
+    bad = sorted(set(overrides) - set(EVAL_FIELDS))
+    if bad:
+        raise ConfigError({k: f"cannot change at evaluation; only {', '.join(EVAL_FIELDS)} can" for k in bad})
+    return build_config(None, {**cfg.to_dict(), **overrides})
+
+
+def load_run(run_dir, device=None, overrides: dict | None = None):
     """(cfg, learner, meta, phi) of a trained run, from config.json and checkpoint.pt."""
     run_dir = Path(run_dir)
-    cfg = load_config_json((run_dir / "config.json").read_text())
+    cfg = eval_config(run_dir, overrides)
     dev = setup_torch(cfg) if device is None else torch.device(device)
     ckpt = run_dir / CHECKPOINT
     if not ckpt.exists():
@@ -79,15 +94,29 @@ def load_run(run_dir, device=None):
 
 
 def evaluate(run_dir, tasks: int | None = None, data_root=None, on_event=None, should_cancel=None,
-             progress=False) -> dict:
-    """Re-run the meta-test of a trained run; writes evaluation.json beside it."""
-    cfg, learner, meta, phi = load_run(run_dir)
+             progress=False, part: str = "test", overrides: dict | None = None) -> dict:
+    """Re-run the meta-test of a trained run on `part` with meta-test `overrides`.
+
+    Writes evaluation.json beside the run (evaluation-<part>[-key=value...].json when the
+    part or settings differ, so one re-evaluation never overwrites another's)."""
+    overrides = overrides or {}
+    cfg, learner, meta, phi = load_run(run_dir, overrides=overrides)
     data = load_omniglot(resolve_data_root(data_root))
-    result = meta_test(learner, meta, phi, data, cfg, tasks or cfg.test_tasks, on_event=on_event,
-                       should_cancel=should_cancel, progress=progress)
-    out = {k: v for k, v in result.items() if k != "accuracies"}
-    (Path(run_dir) / "evaluation.json").write_text(json.dumps(out, indent=2))
+    try:
+        result = meta_test(learner, meta, phi, data, cfg, tasks or cfg.test_tasks, on_event=on_event,
+                           should_cancel=should_cancel, progress=progress, part=part)
+    finally:
+        learner.close()
+    out = {"part": part, "overrides": overrides, **{k: v for k, v in result.items() if k != "accuracies"}}
+    (Path(run_dir) / evaluation_file(part, overrides)).write_text(json.dumps(out, indent=2))
     return out
+
+
+def evaluation_file(part: str, overrides: dict) -> str:
+    if part == "test" and not overrides:
+        return "evaluation.json"
+    tags = "".join(f"-{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted(overrides.items()))
+    return f"evaluation-{part}{tags}.json"
 
 
 def episode(run_dir, support_dir, query_dir) -> dict:

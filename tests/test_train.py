@@ -150,3 +150,37 @@ def test_meta_test_tasks_use_only_test_split_classes_rotations_included(omniglot
     seen = {c for t in sampler.tasks(0, range(200)).classes for c in t}
     assert {base for base, _ in seen} <= test_ids and not ({base for base, _ in seen} & train_ids)
     assert {rot for _, rot in seen} == {0, 1, 2, 3}
+
+
+def test_evaluate_on_val_with_changed_test_steps_scores_val_tasks_into_its_own_file(smoke_run, data_root, omniglot):
+    from model.evaluate import evaluate
+    from model.task_learner import query_metrics
+
+    run, summary, _ = smoke_run
+    before = (run / "summary.json").read_text()
+    out = evaluate(run, tasks=6, data_root=data_root, part="val", overrides={"test_steps": 1})
+    assert out["part"] == "val" and out["tasks"] == 6
+    assert json.loads((run / "evaluation-val-test_steps=1.json").read_text()) == out
+    assert (run / "summary.json").read_text() == before and not (run / "evaluation.json").exists()
+    # Independently: the same six val tasks, one adaptation step each.
+    cfg, learner, meta, phi = load_run(run, overrides={"test_steps": 1})
+    assert cfg.test_steps == 1
+    batch = TaskSampler(omniglot, cfg.split, "val", cfg.n_way, cfg.k_shot, cfg.q_query, cfg.rotations,
+                        EVAL_SEED).tasks(0, range(6))
+    assert {b for t in batch.classes for b, _ in t} <= set(omniglot.class_ids("vinyals", "val"))
+    logits = adapt_and_predict(learner, meta, phi, batch, cfg, (EVAL_SEED, 0), list(range(6)))
+    assert out["test_accuracy"] == pytest.approx(query_metrics(logits, batch.query_y)[1].mean().item(), abs=1e-6)
+
+
+def test_evaluate_refuses_a_field_that_would_not_match_the_checkpoint(smoke_run):
+    from model.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_run(smoke_run[0], overrides={"channels": 16, "test_steps": 2})
+    assert set(err.value.errors) == {"channels"} and "test_steps" in err.value.errors["channels"]
+
+
+def test_cli_evaluate_refuses_a_training_field_naming_it(smoke_run):
+    out = subprocess.run([sys.executable, "-m", "model", "evaluate", str(smoke_run[0]), "--part", "val",
+                          "--set", "inner_steps=9"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "inner_steps" in out.stderr and "test_steps" in out.stderr
