@@ -46,7 +46,7 @@ def _action(name):
 
 
 def cmd_evaluate(a):
-    print(_client().request_evaluate(a.run_id, a.tasks))
+    print(_client().request_evaluate(a.run_id, a.tasks, a.part, parse_set(a.set)))
 
 
 def cmd_job(a):
@@ -85,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="re-run a run's meta-test on a worker; prints the job id")
     p.add_argument("run_id")
     p.add_argument("--tasks", type=int, default=None)
+    p.add_argument("--part", default="test", help="test, or val to choose meta-test settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="meta-test field (e.g. test_steps=12)")
     p.set_defaults(fn=cmd_evaluate)
     p = sub.add_parser("job", help="JSON: an evaluate/episode job")
     p.add_argument("job_id")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from model.config import ConfigError, build_config
+from model.config import ConfigError, build_config, eval_config
 from model.presets import PRESETS
 
 from .celery_app import (EPISODE_TASK, EVALUATE_TASK, enqueue_job, enqueue_run, job_queue,
@@ -151,9 +151,16 @@ class StudioClient:
         shutil.rmtree(self._run_dir(run_id), ignore_errors=True)
 
     # ---- worker jobs ---------------------------------------------------------------------
-    def request_evaluate(self, run_id: str, tasks: int | None = None) -> str:
+    def request_evaluate(self, run_id: str, tasks: int | None = None, part: str = "test",
+                         overrides: dict | None = None) -> str:
+        """Re-run the run's meta-test on `part` (test, or val to choose meta-test settings)
+        with meta-test `overrides` (model.config.EVAL_FIELDS); refused here, naming the
+        field, when they are not valid for this run."""
         rec = self._require(run_id)
-        return self._job("evaluate", rec, EVALUATE_TASK, [run_id, tasks])
+        if tasks is not None and (isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= 100000):
+            raise ConfigError({"tasks": f"must be an integer in [1, 100000], got {tasks!r}"})
+        eval_config(rec["config"], part, overrides)
+        return self._job("evaluate", rec, EVALUATE_TASK, [run_id, tasks, part, overrides or {}])
 
     def request_episode(self, run_id: str, support: dict[str, list[bytes]], query: list[bytes],
                         query_labels: list[str] | None = None) -> str:

@@ -72,10 +72,12 @@ def run_job(ctx: WorkerContext, job_id: str, work) -> str:
     return "succeeded"
 
 
-def evaluate_job(ctx: WorkerContext, job_id: str, run_id: str, tasks: int | None, evaluate_fn=None) -> str:
+def evaluate_job(ctx: WorkerContext, job_id: str, run_id: str, tasks: int | None, part: str = "test",
+                 overrides: dict | None = None, evaluate_fn=None) -> str:
     if evaluate_fn is None:
         from model.evaluate import evaluate as evaluate_fn
-    return run_job(ctx, job_id, lambda: evaluate_fn(ctx.run_dir(run_id), tasks, ctx.settings.data_root))
+    return run_job(ctx, job_id, lambda: evaluate_fn(ctx.run_dir(run_id), tasks, ctx.settings.data_root,
+                                                    part=part, overrides=overrides or {}))
 
 
 def episode_job(ctx: WorkerContext, job_id: str, run_id: str, support: dict, query: list, labels=None,

@@ -14,8 +14,9 @@ def register(app: Celery, ctx: WorkerContext) -> None:
         return runner.execute(ctx, run_id, dispatch)
 
     @app.task(name=EVALUATE_TASK)
-    def evaluate(job_id: str, run_id: str, tasks: int | None = None) -> str:
-        return jobs.evaluate_job(ctx, job_id, run_id, tasks)
+    def evaluate(job_id: str, run_id: str, tasks: int | None = None, part: str = "test",
+                 overrides: dict | None = None) -> str:
+        return jobs.evaluate_job(ctx, job_id, run_id, tasks, part, overrides)
 
     @app.task(name=EPISODE_TASK)
     def episode(job_id: str, run_id: str, support: dict, query: list, labels: list | None = None) -> str:

@@ -269,6 +269,27 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     return cfg
 
 
+# Fields a re-evaluation may change: they shape meta-test only, never the trained parameters.
+EVAL_FIELDS = ("test_steps", "test_batch", "q_query", "eval_chunk", "task_workers", "threads", "device")
+EVAL_PARTS = ("test", "val")
+
+
+def eval_config(trained: Config | dict, part: str = "test", overrides: dict[str, Any] | None = None) -> Config:
+    """A trained run's config with meta-test `overrides`, validated (ConfigError names each
+    bad field); `part` is the split part to score. Other fields would not match the checkpoint."""
+    overrides = overrides or {}
+    errors = {k: f"cannot change at evaluation; only {', '.join(EVAL_FIELDS)} can"
+              for k in sorted(set(overrides) - set(EVAL_FIELDS))}
+    base = trained.to_dict() if isinstance(trained, Config) else dict(trained)
+    if part not in EVAL_PARTS:
+        errors["part"] = f"must be one of {', '.join(EVAL_PARTS)}, got {part!r}"
+    elif part == "val" and base.get("split") == "lake":
+        errors["part"] = "the lake split has no val part; use split vinyals or part test"
+    if errors:
+        raise ConfigError(errors)
+    return build_config(None, {**base, **overrides})
+
+
 def load_config_json(text: str) -> Config:
     data = json.loads(text)
     data.pop("schema_version", None)

@@ -2,7 +2,7 @@
 
 Test tasks come from a fixed evaluation seed, so every run (and every re-evaluation) is
 scored on the same tasks. `evaluate` can also score the val split and change meta-test
-settings (EVAL_FIELDS), so that test-time choices such as `test_steps` are made on
+settings (`model.config.EVAL_FIELDS`), so that test-time choices such as `test_steps` are made on
 validation classes, never on the test score. φ is not adapted at meta-test (SAVN): the learned loss is fixed
 during inference. `episode()` adapts a trained run to a user's own task.
 """
@@ -14,14 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, build_config, load_config_json
+from .config import eval_config, load_config_json
 from .data import TaskSampler, load_image_folder, load_omniglot, resolve_data_root
 from .task_learner import TaskLearner, expand, query_metrics, temperatures
 from .train import CHECKPOINT, Cancelled, _progress_bar, build, make_loss, on_device, setup_torch
 
 EVAL_SEED = 20161
-# Fields a re-evaluation may change: they shape meta-test only, never the trained parameters.
-EVAL_FIELDS = ("test_steps", "test_batch", "q_query", "eval_chunk", "task_workers", "threads", "device")
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -69,20 +67,11 @@ def meta_test(learner, meta, phi, data, cfg, tasks: int, *, on_event=None, shoul
     return {"test_accuracy": mean, "test_ci95": ci, "tasks": len(accs), "accuracies": accs}
 
 
-def eval_config(run_dir, overrides: dict | None = None):
-    """The run's config with meta-test `overrides`; other fields would not match the checkpoint."""
-    cfg = load_config_json((Path(run_dir) / "config.json").read_text())
-    overrides = overrides or {}
-    bad = sorted(set(overrides) - set(EVAL_FIELDS))
-    if bad:
-        raise ConfigError({k: f"cannot change at evaluation; only {', '.join(EVAL_FIELDS)} can" for k in bad})
-    return build_config(None, {**cfg.to_dict(), **overrides})
-
-
-def load_run(run_dir, device=None, overrides: dict | None = None):
-    """(cfg, learner, meta, phi) of a trained run, from config.json and checkpoint.pt."""
+def load_run(run_dir, device=None, overrides: dict | None = None, part: str = "test"):
+    """(cfg, learner, meta, phi) of a trained run, from config.json and checkpoint.pt, with
+    meta-test `overrides` (model.config.eval_config)."""
     run_dir = Path(run_dir)
-    cfg = eval_config(run_dir, overrides)
+    cfg = eval_config(load_config_json((run_dir / "config.json").read_text()), part, overrides)
     dev = setup_torch(cfg) if device is None else torch.device(device)
     ckpt = run_dir / CHECKPOINT
     if not ckpt.exists():
@@ -100,7 +89,7 @@ def evaluate(run_dir, tasks: int | None = None, data_root=None, on_event=None, s
     Writes evaluation.json beside the run (evaluation-<part>[-key=value...].json when the
     part or settings differ, so one re-evaluation never overwrites another's)."""
     overrides = overrides or {}
-    cfg, learner, meta, phi = load_run(run_dir, overrides=overrides)
+    cfg, learner, meta, phi = load_run(run_dir, overrides=overrides, part=part)
     data = load_omniglot(resolve_data_root(data_root))
     try:
         result = meta_test(learner, meta, phi, data, cfg, tasks or cfg.test_tasks, on_event=on_event,

@@ -173,6 +173,11 @@ def test_redis_restart_keeps_runs_and_a_running_run_finishes(studio):
     result = wait_for(lambda: c.job(job)["status"] in ("succeeded", "failed") and c.job(job), 90, 0.2, "evaluate job")
     assert result["status"] == "succeeded", result.get("error")
     assert result["result"]["tasks"] == 4
+    job = c.request_evaluate(ref, tasks=3, part="val", overrides={"test_steps": 1})   # through Celery as JSON
+    result = wait_for(lambda: c.job(job)["status"] in ("succeeded", "failed") and c.job(job), 90, 0.2, "val job")
+    assert result["status"] == "succeeded", result.get("error")
+    assert result["result"]["part"] == "val" and result["result"]["overrides"] == {"test_steps": 1}
+    assert result["result"]["tasks"] == 3
 
 
 def test_cli_status_prints_json(studio):

@@ -363,8 +363,20 @@ def test_jobs_run_on_the_worker_and_keep_query_order(client):
     job = client.job(job_id)
     assert job["status"] == "succeeded" and [p["index"] for p in job["result"]["predictions"]] == [0, 1]
     job_id = client.request_evaluate(run_id, tasks=4)
-    assert evaluate_job(ctx, job_id, run_id, 4, lambda d, t, r: 1 / 0) == "failed"
+    assert evaluate_job(ctx, job_id, run_id, 4, evaluate_fn=lambda d, t, r, **kw: 1 / 0) == "failed"
     assert "ZeroDivisionError" in client.job(job_id)["error"]
+    job_id = client.request_evaluate(run_id, tasks=4, part="val", overrides={"test_steps": 7})
+    seen = {}
+    assert evaluate_job(ctx, job_id, run_id, 4, "val", {"test_steps": 7},
+                        evaluate_fn=lambda d, t, r, **kw: seen.update(kw, tasks=t) or {"ok": 1}) == "succeeded"
+    assert seen == {"tasks": 4, "part": "val", "overrides": {"test_steps": 7}}
+    queued = queued_messages(client)
+    for kwargs, field in (({"overrides": {"channels": 4}}, "channels"), ({"part": "train"}, "part"),
+                          ({"tasks": 0}, "tasks"), ({"overrides": {"test_steps": -1}}, "test_steps")):
+        with pytest.raises(ConfigError) as err:   # refused before anything is enqueued
+            client.request_evaluate(run_id, **kwargs)
+        assert field in err.value.errors
+    assert queued_messages(client) == queued
     assert client.job("nope")["status"] == "failed"
     with pytest.raises(ValueError):
         client.request_episode(run_id, {"a": [b"GIF89a"]}, [PNG])

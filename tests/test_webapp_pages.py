@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from model.config import FEW_SHOT_OPS, ConfigError, build_config
+from model.config import FEW_SHOT_OPS, ConfigError, build_config, eval_config
 from model.genotypes import derive, edge_labels
 from model.presets import PRESETS
 
@@ -148,8 +148,14 @@ class FakeClient:
         self.calls.append(("delete", run_id))
         self.runs.pop(run_id)
 
-    def request_evaluate(self, run_id, tasks=None):
-        return "job-eval"
+    def request_evaluate(self, run_id, tasks=None, part="test", overrides=None):
+        eval_config(self.runs[run_id]["config"], part, overrides)   # refuses as the real client does
+        self.calls.append(("evaluate", run_id, tasks, part, overrides))
+        job_id = f"job-eval{len(self.jobs)}"
+        self.jobs[job_id] = {"status": "succeeded", "error": None, "result": {
+            "part": part, "overrides": overrides, "test_accuracy": 0.5 + 0.01 * overrides["test_steps"],
+            "test_ci95": 0.02, "tasks": tasks}}
+        return job_id
 
     def request_episode(self, run_id, support, query, query_labels=None):
         self.calls.append(("episode", run_id, {k: len(v) for k, v in support.items()}, len(query)))
@@ -328,6 +334,25 @@ def test_run_page_delete_needs_confirmation():
     at.button(key="run_delete").click()
     at = at.run()
     assert ("delete", "a") in client.calls
+
+
+def test_run_page_reevaluates_on_val_with_other_steps_and_lists_results():
+    client = FakeClient()
+    client.add("a")
+    client.add("b", status="running")
+    at = app(client, "views/runs.py", run="b")
+    assert "eval_go" not in [b.key for b in at.button]          # only a finished run re-evaluates
+    at = app(client, "views/runs.py", run="a")
+    at.number_input(key="eval_steps").set_value(12)
+    at.number_input(key="eval_tasks").set_value(100)
+    at = at.run()
+    at.button(key="eval_go").click()
+    at = at.run()
+    no_exceptions(at)
+    assert ("evaluate", "a", 100, "val", {"test_steps": 12}) in client.calls
+    table = next(d.value for d in at.dataframe if "classes" in d.value.columns)
+    assert list(table["classes"]) == ["val"] and list(table["steps"]) == [12]
+    assert list(table["accuracy"]) == pytest.approx([0.62])
 
 
 def test_genotype_explorer_graph_matches_genotype():

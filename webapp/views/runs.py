@@ -7,6 +7,7 @@ import json
 import streamlit as st
 
 from backend.errors import AuthError, InvalidState, NotFound
+from model.config import ConfigError
 from webapp import ui
 from webapp.charts import run_charts
 from webapp.data import DEMO_ID, accuracy_stats, duration, fmt_seconds, fmt_time, filter_runs, runs_frame
@@ -125,6 +126,46 @@ def live(run_id: str, status_at_render: str) -> None:
     charts(rows)
 
 
+def reevaluate(rec: dict) -> None:
+    """Re-run a finished run's meta-test on a worker: val or test classes, other step counts."""
+    if rec["id"] == DEMO_ID or rec["status"] != "succeeded":
+        return
+    run_id, cfg = rec["id"], rec.get("config") or {}
+    jobs = st.session_state.setdefault(f"eval_jobs_{run_id}", [])
+    with st.expander("Re-evaluate on a worker", icon=":material/science:", expanded=bool(jobs)):
+        st.caption("Choose meta-test settings on **val** classes (never trained on, never in the test score), "
+                   "then score **test** once with the setting you chose.")
+        c = st.columns([2, 2, 2, 1])
+        part = c[0].radio("Classes", ("val", "test"), horizontal=True, key="eval_part",
+                          disabled=cfg.get("split") == "lake", help="The lake split has no val classes.")
+        steps = c[1].number_input("Adaptation steps", 0, 1000, int(cfg.get("test_steps", 50)), key="eval_steps")
+        tasks = c[2].number_input("Tasks", 1, 100000, int(cfg.get("test_tasks", 600)), key="eval_tasks")
+        if c[3].button("Evaluate", key="eval_go", type="primary"):
+            overrides = {"test_steps": int(steps)}
+            try:
+                job = ui.client().request_evaluate(run_id, int(tasks), part, overrides)
+                jobs.append({"job": job, "part": part, "steps": int(steps), "tasks": int(tasks)})
+            except ConfigError as e:
+                for field, msg in e.errors.items():
+                    st.error(f"{field}: {msg}")
+        if jobs:
+            pending = any(ui.client().job(j["job"])["status"] in ("queued", "running") for j in jobs)
+            st.fragment(evaluation_table, run_every=REFRESH_SECONDS if pending else None)(jobs)
+
+
+def evaluation_table(jobs: list[dict]) -> None:
+    rows = []
+    for j in jobs:
+        job = ui.client().job(j["job"])
+        result = job.get("result") or {}
+        rows.append({"classes": j["part"], "steps": j["steps"], "tasks": j["tasks"], "status": job["status"],
+                     "accuracy": result.get("test_accuracy"), "± 95% CI": result.get("test_ci95"),
+                     "error": job.get("error") or ""})
+    st.dataframe(rows, hide_index=True, column_config={
+        "accuracy": st.column_config.NumberColumn(format="percent"),
+        "± 95% CI": st.column_config.NumberColumn(format="percent")})
+
+
 def downloads(rec: dict) -> None:
     run_id = rec["id"]
     st.subheader("Downloads")
@@ -184,6 +225,7 @@ def run_page(run_id: str) -> None:
     c1.page_link("views/genotype.py", label="Open in the Genotype explorer", icon=":material/account_tree:", query_params={"run": run_id})
     if (rec.get("config") or {}).get("loss") in ("fnn", "lstm"):
         c2.page_link("views/landscape.py", label="Open its loss landscapes", icon=":material/landscape:", query_params={"run": run_id})
+    reevaluate(rec)
     downloads(rec)
     with st.expander("Config"):
         st.json(rec.get("config") or {}, expanded=False)
