@@ -22,7 +22,7 @@ DEMO = dict(
     channels=8, layers=3, reductions=[0, 1], nodes=2, stem_multiplier=3, pairwise_alpha=True,
     drop_path=0.0, temp_start=1.0, temp_end=0.05,
     meta_epochs=290, meta_batch=6, inner_steps=5, test_tasks=600, test_steps=25,
-    eval_chunk=100, task_optimizer="adam", lr_theta_task=2e-2, lr_alpha_task=2e-2,
+    eval_chunk=100, task_optimizer="adam", lr_theta_task=3e-2, lr_alpha_task=3e-2,
     lr_theta_meta=1.0, lr_alpha_meta=0.6, meta_lr_schedule="linear", checkpoint_every=50,
     threads=1, task_workers=2,   # two 1-thread processes, 3 tasks each: ~1.5x a 2-thread one here (BENCHMARKS.md)
 )
@@ -45,7 +45,7 @@ def _paper(**changes):
 
 PRESETS: dict[str, dict] = {
     "smoke": {"description": "Seconds on a CPU: a 3-way 1-shot task on a tiny supernet, for tests.", "config": SMOKE},
-    "demo": {"description": "5-way 1-shot on a small supernet: ~10 minutes on 2 CPU cores, ~89% test accuracy (docs/RESULTS.md).", "config": DEMO},
+    "demo": {"description": "5-way 1-shot on a small supernet: ~10 minutes on 2 CPU cores, ~90% test accuracy (docs/RESULTS.md).", "config": DEMO},
     "paper-baseline": {"description": "Paper Table 1 baseline: MetaNAS, Reptile, cross-entropy, 20-way 5-shot.", "config": _paper()},
 }
 
