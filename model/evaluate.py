@@ -34,9 +34,10 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 def adapt_and_predict(learner: TaskLearner, meta: dict, phi: dict, batch, cfg, key, task_ids):
     """Adapt the meta-parameters to each task of `batch`; query logits (T, Q, n)."""
     T = batch.support_x.shape[0]
-    adapted, _ = learner.adapt(expand(meta, T), expand(phi, T), batch.support_x, batch.support_y, key=key,
-                               task_ids=task_ids, steps=cfg.test_steps, batch=cfg.test_batch, drop_p=0.0)
-    return learner.predict(adapted, batch.support_x, batch.query_x, temperatures(cfg, cfg.test_steps)[-1])
+    _, stats = learner.adapt(expand(meta, T), expand(phi, T), batch.support_x, batch.support_y, key=key,
+                             task_ids=task_ids, steps=cfg.test_steps, batch=cfg.test_batch, drop_p=0.0,
+                             query_x=batch.query_x, predict_temp=temperatures(cfg, cfg.test_steps)[-1])
+    return stats["query_logits"]
 
 
 def meta_test(learner, meta, phi, data, cfg, tasks: int, *, on_event=None, should_cancel=None,

@@ -38,8 +38,9 @@ def reptile_epoch(learner, meta: dict, phi: dict, meta_state: dict, batch, cfg, 
         key=(cfg.seed, epoch), task_ids=list(range(T)), steps=cfg.inner_steps,
         batch=cfg.inner_batch, drop_p=cfg.drop_path,
         learn_phi=True, query_x=batch.query_x, query_y=batch.query_y, differentiable=by_meta_gradient,
+        predict_temp=cfg.temp_end,            # each task worker scores its own shard's queries
     )
-    logits = learner.predict(adapted, batch.support_x, batch.query_x, cfg.temp_end)
+    logits = stats.pop("query_logits")
     ce, acc = query_metrics(logits, batch.query_y)
     if phi_learner is not None:
         phi, meta_state, phi_row = learner.phi_meta_update(phi, meta_state, batch=batch, adapted=adapted, stats=stats,

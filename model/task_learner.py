@@ -166,12 +166,12 @@ class TaskLearner:
     # ---- adaptation -------------------------------------------------------------------
     def adapt(self, params: dict, phi: dict, support_x, support_y, *, key: tuple, task_ids, steps: int,
               batch: int, drop_p: float, learn_phi: bool = False, query_x=None, query_y=None,
-              differentiable: bool = False) -> tuple[dict, dict]:
+              differentiable: bool = False, predict_temp: float | None = None) -> tuple[dict, dict]:
         """K task-learner steps (see `adapt_here`), the tasks shared among `task_workers`
         processes when there are several, and nothing needs to stay in this process's
         autograd graph."""
         kwargs = dict(key=key, task_ids=task_ids, steps=steps, batch=batch, drop_p=drop_p, learn_phi=learn_phi,
-                      query_x=query_x, query_y=query_y, differentiable=differentiable)
+                      query_x=query_x, query_y=query_y, differentiable=differentiable, predict_temp=predict_temp)
         in_graph = torch.is_grad_enabled() and (differentiable or any(
             v.requires_grad for d in (params, phi) for v in d.values()))
         if self.task_workers < 2 or len(task_ids) < 2 or in_graph:
@@ -190,7 +190,7 @@ class TaskLearner:
 
     def adapt_here(self, params: dict, phi: dict, support_x, support_y, *, key: tuple, task_ids, steps: int,
                    batch: int, drop_p: float, learn_phi: bool = False, query_x=None, query_y=None,
-                   differentiable: bool = False) -> tuple[dict, dict]:
+                   differentiable: bool = False, predict_temp: float | None = None) -> tuple[dict, dict]:
         """K task-learner steps in this process. `params`/`phi` have a leading task dimension; so do the
         support tensors (T, S, ...). Returns adapted params (T, ...) and step statistics.
 
@@ -198,7 +198,9 @@ class TaskLearner:
         its copy φ_i once per inner step on that step's batch (after the θ/α gradient, which
         used the φ_i before it); the adapted φ_i are returned in stats["phi"]. The query set
         is needed by the inner-product proxy. `differentiable` keeps the steps in the
-        autograd graph (phi_update meta_gradient differentiates the query loss through them)."""
+        autograd graph (phi_update meta_gradient differentiates the query loss through them).
+        `predict_temp`: also return the adapted tasks' query logits at that temperature in
+        stats["query_logits"] (`predict`), so a task worker predicts its own shard."""
         temps = temperatures(self.cfg, steps)
         S = support_x.shape[1]
         state = self.opt.init(params)
@@ -237,6 +239,8 @@ class TaskLearner:
         stats = {"inner_ce_first": losses[0] if losses else None, "inner_ce_last": losses[-1] if losses else None}
         if learn_phi:
             stats.update(phi=phi, phi_objective_first=phi_objective[0], phi_objective_last=phi_objective[-1])
+        if predict_temp is not None:
+            stats["query_logits"] = self.predict(params, support_x, query_x, predict_temp)
         return params, stats
 
     def _map_tasks(self, fn, args: tuple, batched: tuple):

@@ -122,12 +122,14 @@ def _slice(d: dict, a: int, b: int) -> dict:
 
 
 def _merge(results: list, sizes: list[int]):
-    """Concatenate adapted params (and learned φ_i); task-weighted means of the scalars."""
+    """Concatenate adapted params, learned φ_i and query logits; task-weighted means of the scalars."""
     adapted = {k: torch.cat([r[0][k] for r in results]) for k in results[0][0]}
     stats = {}
     for k, v in results[0][1].items():
         if isinstance(v, dict):
             stats[k] = {n: torch.cat([r[1][k][n] for r in results]) for n in v}
+        elif isinstance(v, torch.Tensor):
+            stats[k] = torch.cat([r[1][k] for r in results])
         elif v is None:
             stats[k] = None
         else:

@@ -36,13 +36,17 @@ def _adapt_both_ways(omniglot, over):
     b = TaskSampler(omniglot, cfg.split, "train", cfg.n_way, cfg.train_shots, cfg.q_query, cfg.rotations,
                     cfg.seed).tasks(4, range(3))
     kw = dict(key=(cfg.seed, 4), task_ids=[0, 1, 2], steps=cfg.inner_steps, batch=cfg.inner_batch,
-              drop_p=cfg.drop_path, learn_phi=True, query_x=b.query_x.double(), query_y=b.query_y)
+              drop_p=cfg.drop_path, learn_phi=True, query_x=b.query_x.double(), query_y=b.query_y,
+              predict_temp=cfg.temp_end)
     learner = TaskLearner(net, cfg, loss)
     args = lambda: (expand(meta, 3), expand(phi, 3), b.support_x.double(), b.support_y)  # noqa: E731
     try:
         pooled = learner.adapt(*args(), **kw)
         assert learner._pool is not None and learner._pool.size == 2
         here = learner.adapt_here(*args(), **kw)
+        # the query logits each shard returns are those of predicting after adaptation
+        torch.testing.assert_close(here[1]["query_logits"],
+                                   learner.predict(here[0], b.support_x.double(), b.query_x.double(), cfg.temp_end))
     finally:
         learner.close()
     return meta, pooled, here
@@ -60,6 +64,8 @@ def test_pooled_adaptation_equals_one_process(omniglot, over):
     # the worker's shard (tasks 1, 2) really moved, and differently per task
     assert not torch.allclose(p_pool["classifier.weight"][2], meta["classifier.weight"])
     assert not torch.allclose(p_pool["classifier.weight"][1], p_pool["classifier.weight"][2])
+    assert s_pool["query_logits"].shape == (3, 3, 3)   # tasks, 3-way × 1 query, 3 classes
+    torch.testing.assert_close(s_pool["query_logits"], s_here["query_logits"], rtol=1e-9, atol=1e-12)
     # scalars are task-weighted means over shards (2 workers: shards of 1 and 2 tasks)
     for k in ("inner_ce_first", "inner_ce_last"):
         assert s_pool[k] == pytest.approx(s_here[k], rel=1e-9)
