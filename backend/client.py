@@ -157,9 +157,7 @@ class StudioClient:
         with meta-test `overrides` (model.config.EVAL_FIELDS); refused here, naming the
         field, when they are not valid for this run."""
         rec = self._require(run_id)
-        if tasks is not None and (isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= 100000):
-            raise ConfigError({"tasks": f"must be an integer in [1, 100000], got {tasks!r}"})
-        eval_config(rec["config"], part, overrides)
+        eval_config(rec["config"], part, overrides, tasks)
         return self._job("evaluate", rec, EVALUATE_TASK, [run_id, tasks, part, overrides or {}])
 
     def request_episode(self, run_id: str, support: dict[str, list[bytes]], query: list[bytes],

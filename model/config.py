@@ -274,20 +274,24 @@ EVAL_FIELDS = ("test_steps", "test_batch", "q_query", "eval_chunk", "task_worker
 EVAL_PARTS = ("test", "val")
 
 
-def eval_config(trained: Config | dict, part: str = "test", overrides: dict[str, Any] | None = None) -> Config:
+def eval_config(trained: Config | dict, part: str = "test", overrides: dict[str, Any] | None = None,
+                tasks: int | None = None) -> Config:
     """A trained run's config with meta-test `overrides`, validated (ConfigError names each
-    bad field); `part` is the split part to score. Other fields would not match the checkpoint."""
+    bad field); `part` is the split part to score, `tasks` (None = the run's test_tasks) how
+    many tasks, within test_tasks' range. Other fields would not match the checkpoint."""
     overrides = overrides or {}
     errors = {k: f"cannot change at evaluation; only {', '.join(EVAL_FIELDS)} can"
               for k in sorted(set(overrides) - set(EVAL_FIELDS))}
     base = trained.to_dict() if isinstance(trained, Config) else dict(trained)
     if part not in EVAL_PARTS:
         errors["part"] = f"must be one of {', '.join(EVAL_PARTS)}, got {part!r}"
-    elif part == "val" and base.get("split") == "lake":
+    elif part == "val" and base.get("split") == "lake":   # the data module refuses it too, but needs the data
         errors["part"] = "the lake split has no val part; use split vinyals or part test"
+    if tasks is not None and (msg := _check_field(FIELDS["test_tasks"], tasks)):
+        errors["tasks"] = msg
     if errors:
         raise ConfigError(errors)
-    return build_config(None, {**base, **overrides})
+    return build_config(None, {**base, **overrides, **({} if tasks is None else {"test_tasks": tasks})})
 
 
 def load_config_json(text: str) -> Config:

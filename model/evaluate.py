@@ -68,11 +68,11 @@ def meta_test(learner, meta, phi, data, cfg, tasks: int, *, on_event=None, shoul
     return {"test_accuracy": mean, "test_ci95": ci, "tasks": len(accs), "accuracies": accs}
 
 
-def load_run(run_dir, device=None, overrides: dict | None = None, part: str = "test"):
+def load_run(run_dir, device=None, overrides: dict | None = None, part: str = "test", tasks: int | None = None):
     """(cfg, learner, meta, phi) of a trained run, from config.json and checkpoint.pt, with
-    meta-test `overrides` (model.config.eval_config)."""
+    meta-test `overrides` and task count (model.config.eval_config)."""
     run_dir = Path(run_dir)
-    cfg = eval_config(load_config_json((run_dir / "config.json").read_text()), part, overrides)
+    cfg = eval_config(load_config_json((run_dir / "config.json").read_text()), part, overrides, tasks)
     dev = setup_torch(cfg) if device is None else torch.device(device)
     ckpt = run_dir / CHECKPOINT
     if not ckpt.exists():
@@ -90,10 +90,10 @@ def evaluate(run_dir, tasks: int | None = None, data_root=None, on_event=None, s
     Writes evaluation.json beside the run (evaluation-<part>[-key=value...].json when the
     part or settings differ, so one re-evaluation never overwrites another's)."""
     overrides = overrides or {}
-    cfg, learner, meta, phi = load_run(run_dir, overrides=overrides, part=part)
+    cfg, learner, meta, phi = load_run(run_dir, overrides=overrides, part=part, tasks=tasks)
     data = load_omniglot(resolve_data_root(data_root))
     try:
-        result = meta_test(learner, meta, phi, data, cfg, tasks or cfg.test_tasks, on_event=on_event,
+        result = meta_test(learner, meta, phi, data, cfg, cfg.test_tasks, on_event=on_event,
                            should_cancel=should_cancel, progress=progress, part=part)
     finally:
         learner.close()

@@ -178,6 +178,9 @@ def test_evaluate_refuses_a_field_that_would_not_match_the_checkpoint(smoke_run)
     with pytest.raises(ConfigError) as err:
         load_run(smoke_run[0], overrides={"channels": 16, "test_steps": 2})
     assert set(err.value.errors) == {"channels"} and "test_steps" in err.value.errors["channels"]
+    with pytest.raises(ConfigError) as err:   # the task count keeps test_tasks' range
+        load_run(smoke_run[0], tasks=0)
+    assert err.value.errors == {"tasks": "must be in [1, 100000], got 0"}
 
 
 def test_cli_evaluate_refuses_a_training_field_naming_it(smoke_run):
