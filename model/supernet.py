@@ -22,20 +22,17 @@ from torch import nn
 from .ops import BN, OPS, FactorizedReduce, Identity, ReLUConvBN
 
 ALPHA_PREFIX = "alpha_"
-# Run the convolutions in channels-last (NHWC) layout: oneDNN's depthwise convolutions and
-# pools are 2-4x faster in it on CPU. Not under vmap (batched convolutions regroup tasks).
-CHANNELS_LAST = False  # off: under torch.func.grad (loop engine) it crashed torch 2.14 ("double free")
+# Run the cells in channels-last (NHWC) layout on plain tensors: oneDNN's convolutions,
+# pools and BN are 1.5-7x faster in it on CPU, a whole paper-config step ~1.6x
+# (BENCHMARKS.md). Never under a torch.func transform: vmap's batched convolutions regroup
+# tasks into channels, and under torch.func.grad channels-last crashed torch 2.14 ("double
+# free"), so the loop engine takes its gradients with plain autograd (TaskLearner).
+CHANNELS_LAST = True
 
 
-def _is_batched(x) -> bool:
-    """True under vmap, also when grad() wraps the batched tensor (vmap(grad(f)))."""
-    F_ = torch._C._functorch
-    while True:
-        if F_.is_batchedtensor(x):
-            return True
-        if not F_.is_functorch_wrapped_tensor(x):
-            return False
-        x = F_.get_unwrapped(x)
+def _plain(x) -> bool:
+    """True for an ordinary tensor, False under any torch.func transform (vmap, grad, jvp)."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 def is_arch(name: str) -> bool:
@@ -175,7 +172,7 @@ class SuperNet(nn.Module):
         w = {k: self.edge_weights(getattr(self, f"alpha_{k}"), temp) for k in ("normal", "reduce")}
         iw = {k: self.input_weights(k, temp) for k in ("normal", "reduce")}
         stem = self.stem_resnet(x, stats_from) if hasattr(self, "stem_resnet") else self.stem_conv(x)
-        if CHANNELS_LAST and stem.dim() == 4 and not _is_batched(stem):   # after the stem: 1-channel input has no layout
+        if CHANNELS_LAST and stem.dim() == 4 and _plain(stem):   # after the stem: 1-channel input has no layout
             stem = stem.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem_bn(stem, stats_from)
         for c, cell in enumerate(self.cells):

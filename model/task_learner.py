@@ -6,7 +6,8 @@ at once. Parameters are plain tensors passed through `torch.func.functional_call
 copied modules, and the task optimizer's state is created per task (it cannot leak).
 
 Two engines run the same functions: `vmap` adapts all tasks of a meta-batch together
-(parameters carry a leading task dimension), `loop` one task at a time (and really skips
+(parameters carry a leading task dimension, gradients by torch.func), `loop` one task at a
+time (gradients by plain autograd, channels-last convolutions, and really skips
 soft-pruned ops). Randomness (inner batches, drop-path masks) comes from generators keyed
 on (seed, epoch, task, step), so both engines, and a resumed run, see the same draws.
 """
@@ -124,10 +125,22 @@ class TaskLearner:
         return loss, (logits, () if loss_state is None else loss_state)   # torch.func aux: no None
 
     def _grad_fn(self, has_mask: bool):
-        g = grad(self._step_loss, has_aux=True)
         if self.engine != "vmap":
-            return g
+            return self._autograd_step
+        g = grad(self._step_loss, has_aux=True)
         return vmap(g, in_dims=(0, 0, 0, 0, None, 0 if has_mask else None, 0, None))
+
+    def _autograd_step(self, params, phi, x, y, temp, drop_mask, loss_state=(), active=None):
+        """The loop engine's step: what `grad(_step_loss, has_aux=True)` returns, by plain
+        autograd, so the supernet runs on ordinary tensors (channels-last, see supernet).
+        Inside an outer graph (second-order MAML, meta_gradient) the gradients stay in it."""
+        in_graph = torch.is_grad_enabled() and any(v.requires_grad for d in (params, phi) for v in d.values())
+        leaves = {k: v if in_graph and v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+        with torch.enable_grad():
+            loss, aux = self._step_loss(leaves, phi, x, y, temp, drop_mask, loss_state, active)
+            g = torch.autograd.grad(loss, list(leaves.values()), create_graph=in_graph, materialize_grads=True)
+        grads = dict(zip(leaves, g))
+        return grads, (aux if in_graph else tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, aux))
 
     def _phi_grad(self, phi, params, x, y, logits, loss_grads, loss_state, temp, drop_mask, query_x, query_y, active):
         """(∇_φ, value) of the φ objective on one task's inner step (see model.losses.phi)."""
