@@ -89,6 +89,8 @@ def _setup(args):
     if args.threads is not None:
         overrides["threads"] = args.threads
     cfg = build_config(args.preset, overrides)
+    if args.ops == "plain" and cfg.task_workers > 1:   # worker interpreters would run the default ops
+        raise SystemExit("--ops plain needs task_workers=1 (worker processes do not see the switch)")
     device = setup_torch(cfg)
     from model import ops, supernet
 
