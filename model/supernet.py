@@ -25,8 +25,9 @@ ALPHA_PREFIX = "alpha_"
 # Run the cells in channels-last (NHWC) layout on plain tensors: oneDNN's convolutions,
 # pools and BN are 1.5-7x faster in it on CPU, a whole paper-config step ~1.6x
 # (BENCHMARKS.md). Never under a torch.func transform: vmap's batched convolutions regroup
-# tasks into channels, and under torch.func.grad channels-last crashed torch 2.14 ("double
-# free"), so the loop engine takes its gradients with plain autograd (TaskLearner).
+# tasks into channels, and under torch.func.grad channels-last ran slower and erratically,
+# so the loop engine takes its gradients with plain autograd (TaskLearner). (The "double
+# free" once blamed on torch.func.grad is FactorizedReduce's, see ops.py.)
 CHANNELS_LAST = True
 
 
