@@ -134,7 +134,7 @@ class TaskLearner:
         """The loop engine's step: what `grad(_step_loss, has_aux=True)` returns, by plain
         autograd, so the supernet runs on ordinary tensors (channels-last, see supernet).
         Inside an outer graph (second-order MAML, meta_gradient) the gradients stay in it."""
-        in_graph = torch.is_grad_enabled() and any(v.requires_grad for d in (params, phi) for v in d.values())
+        in_graph = _in_graph(params, phi)
         leaves = {k: v if in_graph and v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
         with torch.enable_grad():
             loss, aux = self._step_loss(leaves, phi, x, y, temp, drop_mask, loss_state, active)
@@ -185,8 +185,7 @@ class TaskLearner:
         autograd graph."""
         kwargs = dict(key=key, task_ids=task_ids, steps=steps, batch=batch, drop_p=drop_p, learn_phi=learn_phi,
                       query_x=query_x, query_y=query_y, differentiable=differentiable, predict_temp=predict_temp)
-        in_graph = torch.is_grad_enabled() and (differentiable or any(
-            v.requires_grad for d in (params, phi) for v in d.values()))
+        in_graph = (differentiable and torch.is_grad_enabled()) or _in_graph(params, phi)
         if self.task_workers < 2 or len(task_ids) < 2 or in_graph:
             return self.adapt_here(params, phi, support_x, support_y, **kwargs)
         if self._pool is None:
@@ -303,6 +302,11 @@ class TaskLearner:
     def predict(self, params: dict, support_x, query_x, temp: float):
         """Query logits (T, Q, n) after adaptation, BN statistics per `bn_mode`."""
         return self.query_logits(params, support_x, query_x, temp)
+
+
+def _in_graph(params: dict, phi: dict) -> bool:
+    """True when results must stay in an outer autograd graph (MAML, meta_gradient)."""
+    return torch.is_grad_enabled() and any(v.requires_grad for d in (params, phi) for v in d.values())
 
 
 def _at(d: dict, i: int) -> dict:
