@@ -98,9 +98,12 @@ class Identity(nn.Module):
 class FactorizedReduce(nn.Module):
     """Halve the resolution with two offset 1x1 stride-2 convolutions (works for odd sizes).
 
-    Written as 1x1 convolutions of the even and the odd pixels: the same numbers as
-    stride 2, and it avoids the backward of a strided 1x1 channels-last convolution, which
-    corrupts the heap for fewer than 8 input channels (torch 2.14.1 CPU; tests/test_ops.py)."""
+    Run as one 2x2 stride-2 convolution whose kernel holds conv_a's weight at tap (0, 0)
+    and conv_b's at tap (1, 1): the same numbers as the DARTS definition, with no slicing.
+    Slices would hand back NCHW gradients to a channels-last network (slice_backward writes
+    into fresh NCHW zeros) and slow every op upstream; and a strided 1x1 convolution's
+    channels-last backward corrupts the heap for fewer than 8 input channels (torch 2.14.1
+    CPU). tests/test_ops.py checks both against the definition."""
 
     def __init__(self, C_in: int, C_out: int):
         super().__init__()
@@ -114,8 +117,10 @@ class FactorizedReduce(nn.Module):
         if not relu_done:
             x = F.relu(x)
         H, W = x.shape[-2:]
-        odd = F.pad(x[..., 1::2, 1::2], (0, W % 2, 0, H % 2))   # zero past the edge for odd sizes
-        return self.bn(torch.cat([self.conv_a(x[..., ::2, ::2]), self.conv_b(odd)], dim=1), stats_from)
+        if H % 2 or W % 2:   # the odd pixels' last row/column reads zeros past the edge
+            x = F.pad(x, (0, W % 2, 0, H % 2))
+        kernel = torch.cat([F.pad(self.conv_a.weight, (0, 1, 0, 1)), F.pad(self.conv_b.weight, (1, 0, 1, 0))])
+        return self.bn(F.conv2d(x, kernel, stride=2), stats_from)
 
 
 class DepthwiseConv(nn.Conv2d):

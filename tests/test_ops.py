@@ -52,9 +52,34 @@ def test_factorized_reduce_equals_two_offset_stride_2_convolutions(size, memory_
     shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
     y = torch.cat([F.conv2d(r, fr.conv_a.weight, stride=2), F.conv2d(shifted, fr.conv_b.weight, stride=2)], dim=1)
     expected = F.batch_norm(y, None, None, training=True)
-    got = fr(x.contiguous(memory_format=memory_format))
+    got, grads = _run(fr, x, memory_format)
     assert got.shape == (4, 6, (size + 1) // 2, (size + 1) // 2)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    definition = lambda m, x: F.batch_norm(torch.cat([   # noqa: E731 - the same sum, taken from the definition
+        F.conv2d(F.relu(x), m.conv_a.weight, stride=2),
+        F.conv2d(F.pad(F.relu(x)[:, :, 1:, 1:], (0, 1, 0, 1)), m.conv_b.weight, stride=2)], 1), None, None, training=True)
+    fr.forward = lambda x: definition(fr, x)
+    _, expected_grads = _run(fr, x, torch.contiguous_format)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_supernet_backward_keeps_channels_last_gradients():
+    """Every cell's output gets its gradient in channels-last: one NCHW gradient (a slice's
+    or a global pool's backward) would turn every op upstream into a transposing copy."""
+    torch.manual_seed(3)
+    cfg = build_config("smoke", {"channels": 8, "layers": 4, "reductions": [1, 3], "nodes": 3})
+    net = SuperNet(cfg, cfg.n_way)
+    layouts = []
+
+    def watch(module, inputs, out):
+        out.register_hook(lambda g: layouts.append(g.is_contiguous(memory_format=CL)))
+
+    hooks = [cell.register_forward_hook(watch) for cell in net.cells]
+    F.cross_entropy(net(torch.rand(6, 1, 28, 28)), torch.arange(6) % cfg.n_way).backward()
+    for h in hooks:
+        h.remove()
+    assert layouts == [True] * len(net.cells)
 
 
 def test_supernet_runs_channels_last_on_plain_tensors_only():
