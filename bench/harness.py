@@ -80,15 +80,18 @@ def _machine() -> dict:
 def _setup(args):
     import torch
 
-    from model.config import build_config, parse_set
+    from model.config import build_config, config_from_dict, eval_config, load_config_json, parse_set
     from model.train import setup_torch
 
     overrides = parse_set(args.set)
-    if args.engine:
-        overrides["engine"] = args.engine
     if args.threads is not None:
         overrides["threads"] = args.threads
-    cfg = build_config(args.preset, overrides)
+    if getattr(args, "run", None):   # the run's config; --set may change meta-test fields only
+        cfg = eval_config(load_config_json((Path(args.run) / "config.json").read_text()), "test", overrides)
+        if args.engine:
+            cfg = config_from_dict({"engine": args.engine}, cfg)
+    else:
+        cfg = build_config(args.preset, {**overrides, **({"engine": args.engine} if args.engine else {})})
     if args.ops == "plain" and cfg.task_workers > 1:   # worker interpreters would run the default ops
         raise SystemExit("--ops plain needs task_workers=1 (worker processes do not see the switch)")
     device = setup_torch(cfg)
@@ -168,12 +171,8 @@ def bench_meta_test(args) -> dict:
 
     data = load_omniglot(resolve_data_root(args.data_root))
     if args.run:
-        cfg, learner, meta, phi = load_run(args.run, device=str(device))
-        if args.engine:
-            from model.config import config_from_dict
-
-            cfg = config_from_dict({"engine": args.engine}, cfg)
-            learner = TaskLearner(learner.net, cfg, learner.loss)
+        _, trained, meta, phi = load_run(args.run, device=str(device))
+        learner = TaskLearner(trained.net, cfg, trained.loss)   # cfg: the run's, with --set/--engine/--threads
     else:
         net, meta = build(cfg, device)
         loss = make_loss(cfg)
@@ -218,16 +217,17 @@ def main(argv=None) -> int:
     fn = bench_meta_epoch if args.kind == "meta_epoch" else bench_meta_test
     res, cfg, device = fn(args)
     eff = _effective(cfg, device)
-    eff["preset"] = args.preset
+    eff["preset"] = None if getattr(args, "run", None) else args.preset
+    label = f"run {args.run}" if eff["preset"] is None else args.preset
     res = {**res, "config": eff, **{k: eff[k] for k in ("n_way", "inner_batch", "meta_batch", "channels",
                                                       "inner_steps", "engine", "dtype")}, "ops": args.ops,
            "machine": _machine(), "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print(f"{args.kind} [{args.preset}, engine={cfg.engine}, ops={args.ops}]: median {res['median_s']:.3f} s "
+    print(f"{args.kind} [{label}, engine={cfg.engine}, ops={args.ops}]: median {res['median_s']:.3f} s "
           f"(min {res['min_s']:.3f}, max {res['max_s']:.3f}, n={res['n']}), {res['tasks_per_s']:.2f} tasks/s, "
           f"{res['images_per_s']:.1f} images/s, peak RSS {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
-        f"{args.kind}-{args.preset}-{cfg.engine}-{args.ops}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json")
+        f"{args.kind}-{eff['preset'] or Path(args.run).name}-{cfg.engine}-{args.ops}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps(res))
