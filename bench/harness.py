@@ -80,14 +80,15 @@ def _machine() -> dict:
 def _setup(args):
     import torch
 
-    from model.config import build_config, config_from_dict, eval_config, load_config_json, parse_set
+    from model.config import build_config, config_from_dict, parse_set
+    from model.evaluate import run_config
     from model.train import setup_torch
 
     overrides = parse_set(args.set)
     if args.threads is not None:
         overrides["threads"] = args.threads
     if getattr(args, "run", None):   # the run's config; --set may change meta-test fields only
-        cfg = eval_config(load_config_json((Path(args.run) / "config.json").read_text()), "test", overrides)
+        cfg = run_config(args.run, "test", overrides)
         if args.engine:
             cfg = config_from_dict({"engine": args.engine}, cfg)
     else:
@@ -171,8 +172,7 @@ def bench_meta_test(args) -> dict:
 
     data = load_omniglot(resolve_data_root(args.data_root))
     if args.run:
-        _, trained, meta, phi = load_run(args.run, device=str(device))
-        learner = TaskLearner(trained.net, cfg, trained.loss)   # cfg: the run's, with --set/--engine/--threads
+        _, learner, meta, phi = load_run(args.run, device=str(device), cfg=cfg)   # cfg: _setup's, with --set/--engine
     else:
         net, meta = build(cfg, device)
         loss = make_loss(cfg)

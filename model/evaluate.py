@@ -68,11 +68,19 @@ def meta_test(learner, meta, phi, data, cfg, tasks: int, *, on_event=None, shoul
     return {"test_accuracy": mean, "test_ci95": ci, "tasks": len(accs), "accuracies": accs}
 
 
-def load_run(run_dir, device=None, overrides: dict | None = None, part: str = "test", tasks: int | None = None):
+def run_config(run_dir, part: str = "test", overrides: dict | None = None, tasks: int | None = None):
+    """A trained run's config.json with meta-test `overrides` and task count, validated
+    (model.config.eval_config)."""
+    return eval_config(load_config_json((Path(run_dir) / "config.json").read_text()), part, overrides, tasks)
+
+
+def load_run(run_dir, device=None, overrides: dict | None = None, part: str = "test", tasks: int | None = None,
+             cfg=None):
     """(cfg, learner, meta, phi) of a trained run, from config.json and checkpoint.pt, with
-    meta-test `overrides` and task count (model.config.eval_config)."""
+    meta-test `overrides` and task count; or with `cfg`, a `run_config` the caller changed
+    further (the bench's --engine)."""
     run_dir = Path(run_dir)
-    cfg = eval_config(load_config_json((run_dir / "config.json").read_text()), part, overrides, tasks)
+    cfg = cfg or run_config(run_dir, part, overrides, tasks)
     dev = setup_torch(cfg) if device is None else torch.device(device)
     ckpt = run_dir / CHECKPOINT
     if not ckpt.exists():

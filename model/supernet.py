@@ -180,7 +180,7 @@ class SuperNet(nn.Module):
             kind = "reduce" if cell.reduction else "normal"
             mask = None if drop_mask is None else drop_mask[c]
             s0, s1 = s1, cell(s0, s1, w[kind], iw[kind], mask, stats_from, None if active is None else active[kind])
-        out = F.avg_pool2d(s1, s1.shape[-2:]).flatten(1)
+        out = F.avg_pool2d(s1, s1.shape[-2:]).flatten(1)   # adaptive_avg_pool2d's backward is NCHW (tests/test_ops.py)
         return self.classifier(out)
 
     def drop_mask_shape(self, batch: int) -> tuple[int, ...]:

@@ -44,22 +44,22 @@ def test_op_is_layout_independent_and_repeatable(name, stride, channels, size):
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
 def test_factorized_reduce_equals_two_offset_stride_2_convolutions(size, memory_format):
     """Independent: the DARTS definition, 1x1 stride-2 convolutions of x and of x shifted by
-    one pixel (zero past the edge), concatenated, then BN."""
+    one pixel (zero past the edge), concatenated, then BN. Outputs and gradients."""
     torch.manual_seed(1)
     fr = FactorizedReduce(6, 6).double()
     x = torch.randn(4, 6, size, size, dtype=torch.float64)
-    r = F.relu(x)
-    shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
-    y = torch.cat([F.conv2d(r, fr.conv_a.weight, stride=2), F.conv2d(shifted, fr.conv_b.weight, stride=2)], dim=1)
-    expected = F.batch_norm(y, None, None, training=True)
+
+    def definition(x):
+        r = F.relu(x)
+        shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
+        y = torch.cat([F.conv2d(r, fr.conv_a.weight, stride=2), F.conv2d(shifted, fr.conv_b.weight, stride=2)], dim=1)
+        return F.batch_norm(y, None, None, training=True)
+
     got, grads = _run(fr, x, memory_format)
+    fr.forward = definition   # the same parameters, through the definition
+    expected, expected_grads = _run(fr, x, torch.contiguous_format)
     assert got.shape == (4, 6, (size + 1) // 2, (size + 1) // 2)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    definition = lambda m, x: F.batch_norm(torch.cat([   # noqa: E731 - the same sum, taken from the definition
-        F.conv2d(F.relu(x), m.conv_a.weight, stride=2),
-        F.conv2d(F.pad(F.relu(x)[:, :, 1:, 1:], (0, 1, 0, 1)), m.conv_b.weight, stride=2)], 1), None, None, training=True)
-    fr.forward = lambda x: definition(fr, x)
-    _, expected_grads = _run(fr, x, torch.contiguous_format)
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
