@@ -1,5 +1,10 @@
 import sys
 
+from model.config import ConfigError
+
 from .harness import main
 
-sys.exit(main())
+try:
+    sys.exit(main())
+except ConfigError as err:   # a bad --set / --run: the fields and their allowed values, no traceback
+    sys.exit(f"invalid config: {err}")
