@@ -359,12 +359,16 @@ def test_mse_trained_fnn_tracks_cross_entropy():
     assert before < 0.5 and after >= 0.9, (before, after)
 
 
+@pytest.mark.parametrize("path", ["eager", "torch.func"])
 @pytest.mark.parametrize("normalize", ["cosine", "none"])
-def test_inner_product_phi_grad_on_the_real_supernet(normalize):
-    """The same check through the real supernet (smoke size, float64, BN in train mode)."""
+def test_inner_product_phi_grad_on_the_real_supernet(normalize, path):
+    """The same check through the real supernet (smoke size, float64, BN in train mode), on
+    both paths: plain autograd + forward-mode AD with the cells in channels-last (the loop
+    engine), and torch.func (taken under vmap, or when params sit in an outer graph)."""
     from torch.func import functional_call
 
     from model.config import build_config
+    from model.losses import proxies
     from model.supernet import SuperNet
 
     cfg = build_config("smoke")
@@ -386,11 +390,20 @@ def test_inner_product_phi_grad_on_the_real_supernet(normalize):
     kw = dict(lam=1.0, xi=1.0, normalize=normalize)
     support, query = on_net(*support, net=logits_fn), on_net(*query, net=logits_fn)
     objective = lambda p: inner_product_objective(loss, p, params, support, query, **kw)  # noqa: E731
-    fast, value = inner_product_phi_grad(loss, phi, params, support, query, **kw)
-    assert torch.allclose(value, objective(phi), rtol=1e-9)
     reference = grad(objective)(phi)
+    if path == "torch.func":
+        params = {k: v.requires_grad_() for k, v in params.items()}
+    assert proxies._eager(params, phi) == (path == "eager")
+    fast, value = inner_product_phi_grad(loss, phi, params, support, query, **kw)
+    fast, value = {k: v.detach() for k, v in fast.items()}, value.detach()
+    assert torch.allclose(value, objective(phi), rtol=1e-9)
     for k in phi:
         assert torch.allclose(fast[k], reference[k], rtol=1e-6, atol=1e-10), k
+    # the task learner hands over its step's support logits and ∇_params L_φ
+    step = (support[0](params), grad(lambda p: loss(phi, support[0](p), support[1])[0])(params))
+    reused, _ = inner_product_phi_grad(loss, phi, params, support, query, step=step, **kw)
+    for k in phi:
+        assert torch.allclose(reused[k].detach(), reference[k], rtol=1e-6, atol=1e-10), k
     direction = {k: torch.randn(v.shape, generator=gen(9), dtype=torch.float64) for k, v in phi.items()}
     analytic = sum((fast[k] * direction[k]).sum() for k in phi)
     assert torch.allclose(analytic, _directional_fd(objective, phi, direction), rtol=1e-4)

@@ -2,6 +2,9 @@
 
 All functions are pure and built from torch.func transforms, so they vmap over tasks.
 Every objective here is *minimised* (the inner-product proxy returns minus the similarity).
+`inner_product_phi_grad` given ordinary tensors outside any transform (the loop engine)
+takes the network's derivatives by plain autograd and forward-mode AD instead: the same
+numbers, with the supernet in channels-last (3x faster on a CPU, BENCHMARKS.md).
 
 A batch of the task network is passed as `(logits_fn, labels)`, where `logits_fn(params)
 -> logits` is the network on that batch as a function of its parameter dict (θ and α
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.func import grad, grad_and_value, jvp, vjp
 
@@ -68,6 +72,34 @@ def ce_param_grad(params: Params, batch: Batch) -> Params:
     return grad(lambda p: per_sample_ce(logits_fn(p), y).mean())(params)
 
 
+def _eager(*trees: Params) -> bool:
+    """True when plain autograd may stand in for torch.func: no transform is active, the
+    tensors are ordinary ones, and none must stay in an outer autograd graph (MAML)."""
+    leaves = [v for tree in trees for v in tree.values()]
+    return (torch._C._functorch.maybe_current_level() is None
+            and not any(torch._C._functorch.is_functorch_wrapped_tensor(v) for v in leaves)
+            and not (torch.is_grad_enabled() and any(v.requires_grad for v in leaves)))
+
+
+def _eager_vjp(fn: Callable[[Params], Tensor], params: Params):
+    """`torch.func.vjp(fn, params)` by plain autograd: (fn(params), cotangent -> (∇,))."""
+    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    with torch.enable_grad():
+        out = fn(leaves)
+
+    def pull_back(cotangent):
+        return (dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), cotangent, retain_graph=True,
+                                                     materialize_grads=True))),)
+    return out.detach(), pull_back
+
+
+def _eager_jvp(fn: Callable[[Params], Tensor], params: Params, tangents: Params) -> Tensor:
+    """J_fn(params) · tangents by forward-mode AD on ordinary tensors."""
+    with fwAD.dual_level():
+        out = fn({k: fwAD.make_dual(v, tangents[k]) for k, v in params.items()})
+        return fwAD.unpack_dual(out).tangent
+
+
 def inner_product_objective(loss: TaskLoss, phi: Params, params: Params, support: Batch, ce_batch: Batch, *,
                             lam: float, xi: float, normalize: str, state=None) -> Tensor:
     """−(Eq. 8 similarity), straight from its definition: ∇_params L_φ is built as a
@@ -96,9 +128,14 @@ def inner_product_phi_grad(loss: TaskLoss, phi: Params, params: Params, support:
     `step` = (support logits, ∇_params L_φ) when the task step has computed them already at
     these params on this batch (the task learner has): it saves that forward and VJP."""
     support_logits, ys = support
-    g_ce = ce_param_grad(params, ce_batch)
+    eager = _eager(params, phi)
+    if eager:
+        ce, pull_ce = _eager_vjp(lambda p: per_sample_ce(ce_batch[0](p), ce_batch[1]).mean(), params)
+        g_ce = pull_ce(torch.ones_like(ce))[0]
+    else:
+        g_ce = ce_param_grad(params, ce_batch)
     if step is None:
-        z_s, pull_back = vjp(support_logits, params)
+        z_s, pull_back = (_eager_vjp if eager else vjp)(support_logits, params)
         z_s = z_s.detach()
     else:
         z_s, b = step[0].detach(), step[1]
@@ -114,7 +151,7 @@ def inner_product_phi_grad(loss: TaskLoss, phi: Params, params: Params, support:
             b = pull_back(a)[0]
         weighted = grad(lambda b_: -similarity(b_, g_ce, lam, xi, normalize))(b)
         value = -similarity(b, g_ce, lam, xi, normalize)
-    _, c = jvp(support_logits, (params,), (weighted,))
+    c = _eager_jvp(support_logits, params, weighted) if eager else jvp(support_logits, (params,), (weighted,))[1]
     c = c.detach()
     if normalize == "none":
         value = (a * c).sum()
