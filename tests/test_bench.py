@@ -1,6 +1,10 @@
 """The benchmark harness on real Omniglot: its JSON result, and that a trained run's config
 (with meta-test overrides only) is what `meta_test --run` times."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +54,23 @@ def test_meta_test_of_a_run_refuses_a_field_the_checkpoint_fixes(smoke_run, tmp_
               "--out", str(tmp_path / "never.json")])
     assert "channels" in err.value.errors and "cannot change at evaluation" in err.value.errors["channels"]
     assert not (tmp_path / "never.json").exists()
+
+
+@pytest.mark.slow
+def test_device_check_rehearses_every_gpu_step_on_the_cpu(tmp_path, data_root):
+    """bench/device_check.sh runs on a lent GPU with no time to debug it there: its dry run
+    must unpack the packed data, run every step and leave each step's JSON result in $OUT."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": sys.executable, "LAMANAS_DATA": str(data_root), "OUT": str(tmp_path)}
+    subprocess.run(["bash", "bench/device_check.sh", "pack"], cwd=repo, env=env, check=True, capture_output=True)
+    done = subprocess.run(["bash", "bench/device_check.sh", "run", "--dry"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    steps = {"epoch-vmap", "epoch-loop", "test-600", "epoch-lstm-mse", "epoch-lstm-ip"}
+    log = (tmp_path / "log.txt").read_text()
+    for name in steps:
+        assert f"== {name}: exit 0 " in log, log[-3000:]
+        res = json.loads((tmp_path / f"{name}.json").read_text())
+        assert res["config"]["device"] == "cpu" and res["config"]["task_workers"] == 1
+    assert json.loads((tmp_path / "test-600.json").read_text())["tasks"] == 4
+    assert json.loads((tmp_path / "epoch-lstm-ip.json").read_text())["config"]["phi_update"] == "inner_product"
