@@ -52,6 +52,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def _memory(learner, cfg) -> dict:
+    """Peak RSS of this process; with task workers also the largest worker's and the sum of
+    every process's peak (an upper bound on their joint peak: the peaks need not coincide).
+    Closes the learner's worker pool, since a worker's peak is readable once it has exited."""
+    learner.close()
+    out = {"peak_rss_mb": _peak_rss_mb()}
+    if cfg.task_workers > 1:
+        worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        out.update(peak_rss_worker_mb=worker, peak_rss_sum_mb=out["peak_rss_mb"] + (cfg.task_workers - 1) * worker)
+    return out
+
+
 def _stats(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times),
             "times_s": [round(t, 4) for t in times]}
@@ -158,7 +170,7 @@ def bench_meta_epoch(args) -> dict:
     per_epoch_imgs = cfg.meta_batch * cfg.inner_steps * (cfg.inner_batch or cfg.n_way * cfg.train_shots)
     res = {"kind": "meta_epoch", **st, "tasks_per_s": cfg.meta_batch / st["median_s"],
            "images_per_s": per_epoch_imgs / st["median_s"], "images_per_epoch": per_epoch_imgs,
-           "peak_rss_mb": _peak_rss_mb(), **_gpu_mem(torch),
+           **_memory(learner, cfg), **_gpu_mem(torch),
            "num_params": count_params(net, meta)["weights"], "last_train_accuracy": rows[-1]["train_accuracy"] if rows else None}
     return res, cfg, device
 
@@ -200,7 +212,7 @@ def bench_meta_test(args) -> dict:
     res = {"kind": "meta_test", **st, "unit": "seconds per task (chunk time / chunk size)",
            "tasks_per_s": 1.0 / st["median_s"], "images_per_s": imgs / st["median_s"],
            "total_s": stamps[-1][0] - t0, "tasks": result["tasks"], "test_accuracy": result["test_accuracy"],
-           "run": args.run, "peak_rss_mb": _peak_rss_mb(), **_gpu_mem(torch)}
+           "run": args.run, **_memory(learner, cfg), **_gpu_mem(torch)}
     return res, cfg, device
 
 
@@ -225,7 +237,8 @@ def main(argv=None) -> int:
            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"{args.kind} [{label}, engine={cfg.engine}, ops={args.ops}]: median {res['median_s']:.3f} s "
           f"(min {res['min_s']:.3f}, max {res['max_s']:.3f}, n={res['n']}), {res['tasks_per_s']:.2f} tasks/s, "
-          f"{res['images_per_s']:.1f} images/s, peak RSS {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
+          f"{res['images_per_s']:.1f} images/s, peak RSS {res['peak_rss_mb']:.0f} MB"
+          + (f" (+ workers: ≤ {res['peak_rss_sum_mb']:.0f} MB in all)" if "peak_rss_sum_mb" in res else ""), file=sys.stderr)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
         f"{args.kind}-{eff['preset'] or Path(args.run).name}-{cfg.engine}-{args.ops}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,15 @@ def test_meta_epoch_prints_and_writes_its_result(tmp_path, capsys, data_root):
         assert key in res
 
 
+def test_meta_epoch_with_task_workers_reports_their_memory(tmp_path, capsys, data_root):
+    """Worker processes hold a supernet and its activations too: their peak counts."""
+    main(["meta_epoch", "--preset", "smoke", "--epochs", "1", "--warmup", "0", "--threads", "1",
+          "--set", "task_workers=2", "--out", str(tmp_path / "epoch.json")])
+    res = _last_json(capsys)
+    assert res["peak_rss_worker_mb"] > 100          # a worker is a whole torch interpreter
+    assert res["peak_rss_sum_mb"] == pytest.approx(res["peak_rss_mb"] + res["peak_rss_worker_mb"])
+
+
 def test_meta_test_of_a_run_uses_the_runs_config_with_meta_test_overrides(smoke_run, tmp_path, capsys):
     main(["meta_test", "--run", str(smoke_run), "--tasks", "3", "--warmup", "0",
           "--set", "eval_chunk=1", "--set", "test_steps=1", "--out", str(tmp_path / "test.json")])
