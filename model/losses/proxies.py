@@ -4,7 +4,7 @@ All functions are pure and built from torch.func transforms, so they vmap over t
 Every objective here is *minimised* (the inner-product proxy returns minus the similarity).
 `inner_product_phi_grad` given ordinary tensors outside any transform (the loop engine)
 takes the network's derivatives by plain autograd and forward-mode AD instead: the same
-numbers, with the supernet in channels-last (3x faster on a CPU, BENCHMARKS.md).
+numbers, with the supernet in channels-last (the φ gradient ~2x faster on a CPU, BENCHMARKS.md).
 
 A batch of the task network is passed as `(logits_fn, labels)`, where `logits_fn(params)
 -> logits` is the network on that batch as a function of its parameter dict (θ and α
