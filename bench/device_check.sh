@@ -44,12 +44,12 @@ run() {
     exec > >(tee "$OUT/log.txt") 2>&1
     export PYTHONUNBUFFERED=1
     if [ "${1:-}" = "--dry" ]; then
-        DEV=cpu; P=smoke; PL=smoke; EPOCHS=1; TASKS=4; CHUNK=2
-        LSTM=(--set loss=lstm --set loss_hidden=8 --set lstm_layers=2 --set loss_residual=true)
+        DEV=cpu; P=smoke; EPOCHS=1; TASKS=4; CHUNK=2
+        LSTM=(--preset smoke --set loss=lstm --set loss_hidden=8 --set lstm_layers=2 --set loss_residual=true)
         MSE=("${LSTM[@]}" --set phi_update=mse); IP=("${LSTM[@]}" --set phi_update=inner_product)
     else
         DEV=cuda; P=paper-baseline; EPOCHS=3; TASKS=600; CHUNK=50   # vmap holds ~90 MB per image: 50 tasks x 10 images
-        MSE=(--preset paper-lstm-mse-res); IP=(--preset paper-lstm-ip-res); PL=""
+        MSE=(--preset paper-lstm-mse-res); IP=(--preset paper-lstm-ip-res)
     fi
     nvidia-smi -L 2>/dev/null || echo "(no nvidia-smi)"
     "$PY" -c 'import torch, numpy, PIL, tqdm; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
@@ -61,8 +61,8 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' || { echo "
     step epoch-vmap 100 meta_epoch --preset $P --epochs $EPOCHS --engine vmap "${d[@]}"
     step epoch-loop 60 meta_epoch --preset $P --epochs $EPOCHS --engine loop "${d[@]}"
     step test-600 180 meta_test --preset $P --tasks $TASKS --warmup 0 --engine vmap --set eval_chunk=$CHUNK "${d[@]}"
-    step epoch-lstm-mse 60 meta_epoch ${PL:+--preset $PL} "${MSE[@]}" --epochs 2 --engine vmap "${d[@]}"
-    step epoch-lstm-ip 90 meta_epoch ${PL:+--preset $PL} "${IP[@]}" --epochs 2 --engine vmap "${d[@]}"
+    step epoch-lstm-mse 60 meta_epoch "${MSE[@]}" --epochs 2 --engine vmap "${d[@]}"
+    step epoch-lstm-ip 90 meta_epoch "${IP[@]}" --epochs 2 --engine vmap "${d[@]}"
     rm -rf "$DATA"
 }
 

@@ -73,12 +73,10 @@ def ce_param_grad(params: Params, batch: Batch) -> Params:
 
 
 def _eager(*trees: Params) -> bool:
-    """True when plain autograd may stand in for torch.func: no transform is active, the
-    tensors are ordinary ones, and none must stay in an outer autograd graph (MAML)."""
-    leaves = [v for tree in trees for v in tree.values()]
-    return (torch._C._functorch.maybe_current_level() is None
-            and not any(torch._C._functorch.is_functorch_wrapped_tensor(v) for v in leaves)
-            and not (torch.is_grad_enabled() and any(v.requires_grad for v in leaves)))
+    """True when plain autograd may stand in for torch.func: no transform is active (so the
+    tensors are ordinary ones) and none must stay in an outer autograd graph (MAML)."""
+    return torch._C._functorch.maybe_current_level() is None and not (
+        torch.is_grad_enabled() and any(v.requires_grad for tree in trees for v in tree.values()))
 
 
 def _eager_vjp(fn: Callable[[Params], Tensor], params: Params):
