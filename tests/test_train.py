@@ -131,9 +131,9 @@ def test_cli_refuses_a_bad_config_naming_the_field(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_cli_smoke_run_writes_all_files(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "model", "train", "--preset", "smoke", "--out", str(tmp_path / "r")],
-                         capture_output=True, text=True, timeout=300)
+def test_cli_smoke_run_writes_all_files(tmp_path, data_root):
+    out = subprocess.run([sys.executable, "-m", "model", "train", "--preset", "smoke", "--out", str(tmp_path / "r"),
+                          "--data-root", str(data_root)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["meta_epochs"] == 4
